@@ -1,0 +1,370 @@
+"""The shared base of every convex head: the scikit-learn contract around the solver.
+
+A head subclass supplies only what is specific to its architecture:
+
+* ``_block_shape(s, d)`` -> ``(P, R, L)``: blocks, rows and columns-per-class of ``Z``;
+* ``_draw_gates(rng, mu, sigma, s, d)`` -> dict of NumPy arrays (empty for ``linear``);
+* ``_feature_map(gates, xp)`` -> callable ``X (m, s, d) -> Phi (m, P, R, L)``;
+* ``_work_per_sample(s, d)``: scratch floats the feature map needs per sample;
+* ``_token_clusters(X)``: the ``transform`` output;
+* ``_head_name`` and ``_reduce_hint`` for messages.
+
+Everything else (validation, devices, memory planning, the solver, the fitted
+attributes, predictions) lives here once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._backend import resolve_device, to_numpy
+from ._datafits import get_datafit
+from ._gates import token_moments
+from ._operator import LiftedOperator, plan_memory
+from ._penalty import BlockNuclearNorm
+from ._solver import alpha_max, fista
+from ._validation import check_tokens
+
+__all__ = ["BaseConvexHead"]
+
+
+def _has_log_loss(est):
+    if est.loss != "log_loss":
+        raise AttributeError(
+            "predict_proba is only available with loss='log_loss'; the squared-error head "
+            "gives scores, not probabilities (use decision_function)."
+        )
+    return True
+
+
+class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
+    """Base class of the convex attention-head classifiers (not for direct use)."""
+
+    _parameter_constraints: dict = {
+        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "activation": [StrOptions({"linear", "gated_relu"})],
+        "n_gates": [Interval(Integral, 1, None, closed="left")],
+        "loss": [StrOptions({"log_loss", "squared_error"})],
+        "fit_intercept": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "device": [StrOptions({"auto", "cpu", "cuda"})],
+        "n_tokens": [Interval(Integral, 1, None, closed="left"), None],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "memory_budget": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+    }
+
+    _head_name = "convex head"
+    _reduce_hint = "n_features (e.g. with TokenPCA) or n_gates"
+
+    # ------------------------------------------------------------------ hooks
+    def _n_blocks(self):
+        return 1 if self.activation == "linear" else self.n_gates
+
+    def _block_shape(self, s, d):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _draw_gates(self, rng, mu, sigma, s, d):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _feature_map(self, gates, xp):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _work_per_sample(self, s, d):
+        P, R, L = self._block_shape(s, d)
+        return 2 * P * R * L
+
+    def _token_clusters(self, X):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_head_params(self, s, d):
+        """Head-specific checks of parameters against the data shape."""
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the head by solving its convex program to a certified duality gap.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or \
+                (n_samples, n_tokens * n_features)
+            Token features; a 2-D ``X`` is cut into ``n_tokens`` tokens per row.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; the loss is their weighted mean.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens)
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"y has only one class ({classes[0]!r}); a classifier needs samples of at "
+                "least 2 classes."
+            )
+        sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
+        if self.class_weight is not None:
+            sw = sw * compute_sample_weight(self.class_weight, y)
+        class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
+        if np.count_nonzero(class_totals > 0) < 2:
+            raise ValueError(
+                "sample_weight leaves only one class with positive total weight; a "
+                "classifier needs at least 2 classes with positive weight."
+            )
+        if np.any(class_totals <= 0):
+            empty = classes[class_totals <= 0]
+            raise ValueError(
+                f"class(es) {list(empty)} have zero total sample_weight; drop those samples "
+                "or give them positive weight."
+            )
+        n, s, d = X3.shape
+        self._check_head_params(s, d)
+        backend = resolve_device(self.device)
+        dtype = X3.dtype
+        P, R, L = self._block_shape(s, d)
+        c = classes.shape[0]
+        plan = plan_memory(
+            n,
+            P * R * L,
+            P * R * L * c,
+            dtype.itemsize,
+            self._work_per_sample(s, d),
+            self.memory_budget,
+            type(self).__name__,
+            self._reduce_hint,
+        )
+
+        warm = (
+            self.warm_start
+            and hasattr(self, "coef_")
+            and self.coef_.shape == (P, R, L * c)
+            and np.array_equal(getattr(self, "classes_", None), classes)
+        )
+        w = sw / sw.sum()
+        if not warm:
+            rng = check_random_state(self.random_state)
+            mu, sigma = token_moments(X3, w)
+            self.gates_ = self._draw_gates(rng, mu, sigma, s, d)
+        self.classes_ = classes
+
+        xp = backend.xp
+        Xd = backend.asarray(X3)
+        Y = np.zeros((n, c), dtype=dtype)
+        Y[np.arange(n), y_enc] = 1.0
+        Yd = backend.asarray(Y)
+        wd = backend.asarray(w.astype(dtype))
+        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
+        op = LiftedOperator(self._feature_map(gates, xp), Xd, (P, R, L), plan.chunk_rows)
+        datafit = get_datafit(self.loss)
+
+        amax = float(to_numpy(alpha_max(op, datafit, Yd, wd, self.fit_intercept)[0]))
+        self.alpha_max_ = amax
+        if self.alpha >= amax:
+            warnings.warn(
+                f"alpha={self.alpha:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
+                "model (intercept only). Use a smaller alpha, e.g. a fraction of alpha_max_.",
+                UserWarning,
+                stacklevel=2,
+            )
+        coef_init = intercept_init = None
+        if warm:
+            coef_init = backend.asarray(self.coef_.astype(dtype))
+            intercept_init = backend.asarray(self.intercept_.astype(dtype))
+        res = fista(
+            op,
+            datafit,
+            Yd,
+            wd,
+            float(self.alpha),
+            fit_intercept=self.fit_intercept,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            coef_init=coef_init,
+            intercept_init=intercept_init,
+            verbose=self.verbose,
+            warn=False,
+        )
+        if not res.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not reach tol={self.tol:g} in "
+                f"max_iter={self.max_iter} iterations (relative duality gap "
+                f"{res.dual_gap / max(abs(res.objective), 1e-300):.2e}). Increase max_iter, "
+                "loosen tol, or increase alpha.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.coef_ = to_numpy(res.coef)
+        self.intercept_ = to_numpy(res.intercept)
+        self.n_iter_ = res.n_iter
+        self.dual_gap_ = res.dual_gap
+        self.objective_ = res.objective
+        self.convergence_ = res.history
+        self.device_ = backend.name
+        self.memory_plan_ = "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _logits(self, X3):
+        backend = resolve_device(self.device, for_predict=True)
+        xp = backend.xp
+        n, s, d = X3.shape
+        P, R, L = self.coef_.shape[0], self.coef_.shape[1], self._block_shape(s, d)[2]
+        dtype = X3.dtype
+        plan = plan_memory(
+            n,
+            P * R * L,
+            self.coef_.size,
+            dtype.itemsize,
+            self._work_per_sample(s, d),
+            self.memory_budget,
+            type(self).__name__,
+            self._reduce_hint,
+        )
+        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
+        op = LiftedOperator(
+            self._feature_map(gates, xp), backend.asarray(X3), (P, R, L), plan.chunk_rows
+        )
+        O = op.forward(backend.asarray(self.coef_.astype(dtype)))
+        O = O + backend.asarray(self.intercept_.astype(dtype))[None, :]
+        return to_numpy(O)
+
+    def decision_function(self, X):
+        """Logits of the pooled head (``(n,)`` for two classes: ``o[:, 1] - o[:, 0]``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or flattened
+            Token features.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples, n_classes) or (n_samples,)
+        """
+        check_is_fitted(self)
+        O = self._logits(check_tokens(self, X, reset=False))
+        if O.shape[1] == 2:
+            return O[:, 1] - O[:, 0]
+        return O
+
+    def predict(self, X):
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or flattened
+            Token features.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        O = self._logits(check_tokens(self, X, reset=False))
+        return self.classes_[np.argmax(O, axis=1)]
+
+    @available_if(_has_log_loss)
+    def predict_proba(self, X):
+        """Class probabilities (softmax of the logits); needs ``loss='log_loss'``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or flattened
+            Token features.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        check_is_fitted(self)
+        O = self._logits(check_tokens(self, X, reset=False))
+        O = O - O.max(axis=1, keepdims=True)
+        E = np.exp(O)
+        return E / E.sum(axis=1, keepdims=True)
+
+    @available_if(_has_log_loss)
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`."""
+        check_is_fitted(self)
+        O = self._logits(check_tokens(self, X, reset=False))
+        m = O.max(axis=1, keepdims=True)
+        return O - (m + np.log(np.exp(O - m).sum(axis=1, keepdims=True)))
+
+    def transform(self, X):
+        """Token cluster assignments: integer ids with the same meaning in every sample.
+
+        See the class docstring and ``docs/clusters.rst`` for each head's definition.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or flattened
+            Token features.
+
+        Returns
+        -------
+        clusters : ndarray of shape (n_samples, n_tokens), dtype int64
+        """
+        check_is_fitted(self)
+        X3 = check_tokens(self, X, reset=False)
+        return np.asarray(self._token_clusters(X3), dtype=np.int64)
+
+    def get_feature_names_out(self, input_features=None):
+        """One output name per token: ``<head>_token<t>``."""
+        check_is_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}_token{t}" for t in range(self.token_shape_[0])], dtype=object)
+
+    # ------------------------------------------------------------------ inspection
+    def block_norms(self):
+        """Nuclear norm of each fitted block (gate): its importance, shape ``(P,)``."""
+        check_is_fitted(self)
+        return to_numpy(BlockNuclearNorm().block_norms(np.asarray(self.coef_, dtype=np.float64)))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+
+def _active_order(norms, rtol=1e-8):
+    """Indices of blocks with a non-negligible nuclear norm, most important first."""
+    if norms.size == 0 or norms.max() <= 0:
+        return np.zeros(0, dtype=int)
+    order = np.argsort(-norms, kind="stable")
+    return order[norms[order] > rtol * norms.max()]
+
+
+def sign_pattern_clusters(sides, norms, max_bits=None):
+    """Cluster ids from the gates' sides: bit ``j`` is the side of the ``j``-th most
+    important active gate (gates whose block is zero are ignored).
+
+    ``sides`` has shape ``(n, s, P)`` (0/1); returns ``(n, s)`` integers.
+    """
+    order = _active_order(norms)
+    if max_bits is not None:
+        order = order[:max_bits]
+    if order.size == 0:
+        return np.zeros(sides.shape[:2], dtype=np.int64)
+    bits = sides[:, :, order].astype(np.int64)
+    return bits @ (1 << np.arange(order.size, dtype=np.int64))
+

@@ -1,0 +1,126 @@
+"""Losses on the logits (datafits), with what the solver and the certificate need.
+
+Every datafit is the weighted mean over samples ``F(O) = sum_i w_i l(o_i, y_i)`` of a
+per-sample loss on the logits ``o_i`` (shape ``(c,)``), with weights ``w_i >= 0`` that sum
+to one (plain mean: ``w_i = 1/n``). Targets are one-hot rows ``Y`` of shape ``(n, c)``.
+
+Besides value and gradient each datafit gives its Fenchel conjugate's value (for the dual
+objective) and a map from the current gradient to a *dual-feasible* point: one in the
+domain of the conjugate whose weighted sum over samples is zero, as the unpenalised
+intercept requires. See ``docs/certificate.rst`` for the derivation.
+"""
+
+from __future__ import annotations
+
+from ._backend import get_namespace
+
+__all__ = ["LogLoss", "SquaredError", "get_datafit"]
+
+
+def _logsumexp(O, xp):
+    m = xp.max(O, axis=1, keepdims=True)
+    return xp.log(xp.sum(xp.exp(O - m), axis=1)) + m[:, 0]
+
+
+def _xlogx(P, xp):
+    safe = xp.where(P > 0, P, xp.ones_like(P))
+    return xp.where(P > 0, P * xp.log(safe), xp.zeros_like(P))
+
+
+class LogLoss:
+    """Multinomial logistic loss ``logsumexp(o) - o[y]`` (softmax cross-entropy).
+
+    Its conjugate is ``l*(theta) = sum_k q_k log q_k`` with ``q = theta + e_y`` in the
+    probability simplex (``+inf`` elsewhere), so the dual objective is a weighted mean
+    entropy. The Hessian of ``logsumexp`` has spectral norm at most 1/2.
+    """
+
+    name = "log_loss"
+    lipschitz = 0.5
+
+    def value(self, O, Y, w):
+        xp = get_namespace(O)
+        per_sample = _logsumexp(O, xp) - xp.sum(O * Y, axis=1)
+        return xp.sum(w * per_sample)
+
+    def proba(self, O):
+        xp = get_namespace(O)
+        m = xp.max(O, axis=1, keepdims=True)
+        E = xp.exp(O - m)
+        return E / xp.sum(E, axis=1, keepdims=True)
+
+    def raw_gradient(self, O, Y):
+        """Per-sample gradient ``theta_i = softmax(o_i) - e_{y_i}``."""
+        return self.proba(O) - Y
+
+    def intercept_at_zero(self, prior):
+        """Optimal intercept of the all-zero model: ``log(prior)`` (softmax(b) = prior)."""
+        xp = get_namespace(prior)
+        return xp.log(prior)
+
+    def dual_candidate(self, O, Y, w, prior, fit_intercept):
+        """A point ``theta`` in the conjugate's domain with ``sum_i w_i theta_i = 0``.
+
+        ``q_i = softmax(o_i)`` is mixed as ``(1 - eps) q_i + delta`` with the constant
+        ``delta = prior - (1 - eps) sum_i w_i q_i >= 0`` (``eps`` the smallest value making
+        it non-negative): rows stay in the simplex and their weighted mean becomes the
+        class prior, which is what a zero intercept gradient means. At the optimal
+        intercept ``eps = 0`` and nothing changes.
+        """
+        xp = get_namespace(O)
+        Q = self.proba(O)
+        if fit_intercept:
+            m = xp.sum(w[:, None] * Q, axis=0)
+            ratio = xp.min(prior / m)
+            keep = xp.minimum(ratio, xp.ones_like(ratio))  # 1 - eps
+            Q = keep * Q + xp.clip(prior - keep * m, 0.0, None)[None, :]
+        return Q - Y
+
+    def dual_value(self, theta, Y, w):
+        """``-sum_i w_i l*(theta_i)``: the weighted mean entropy of ``theta_i + e_{y_i}``."""
+        xp = get_namespace(theta)
+        Q = xp.clip(theta + Y, 0.0, 1.0)
+        return -xp.sum(w * xp.sum(_xlogx(Q, xp), axis=1))
+
+
+class SquaredError:
+    """Squared error ``0.5 * ||o - e_y||^2`` against one-hot targets.
+
+    Its conjugate is ``l*(theta) = 0.5 ||theta||^2 + theta[y]`` (finite everywhere), and
+    its gradient is 1-Lipschitz.
+    """
+
+    name = "squared_error"
+    lipschitz = 1.0
+
+    def value(self, O, Y, w):
+        xp = get_namespace(O)
+        R = O - Y
+        return 0.5 * xp.sum(w * xp.sum(R * R, axis=1))
+
+    def raw_gradient(self, O, Y):
+        return O - Y
+
+    def intercept_at_zero(self, prior):
+        return prior
+
+    def dual_candidate(self, O, Y, w, prior, fit_intercept):
+        """The residual, centred (weighted) when there is an intercept."""
+        xp = get_namespace(O)
+        theta = O - Y
+        if fit_intercept:
+            theta = theta - xp.sum(w[:, None] * theta, axis=0)[None, :]
+        return theta
+
+    def dual_value(self, theta, Y, w):
+        xp = get_namespace(theta)
+        per_sample = 0.5 * xp.sum(theta * theta, axis=1) + xp.sum(theta * Y, axis=1)
+        return -xp.sum(w * per_sample)
+
+
+_DATAFITS = {"log_loss": LogLoss, "squared_error": SquaredError}
+
+
+def get_datafit(name):
+    """The datafit object for the ``loss`` parameter."""
+    return _DATAFITS[name]()

@@ -1,0 +1,142 @@
+"""The lifted-feature operator: a linear map from block weights to logits.
+
+A head is defined by a *feature map* ``X -> Phi`` taking a chunk of token matrices
+``(m, s, d)`` to lifted features of shape ``(m, P, R, L)``. With weights ``Z`` of shape
+``(P, R, L * c)`` (block ``p`` has rows ``r`` and columns ``(l, b)`` in row-major order)
+the logits are ``o_i[b] = sum_{p, r, l} Phi_i[p, r, l] Z[p, r, l, b]``: one GEMM
+``Phi (n, K) @ Z (K, c)`` with ``K = P R L``, and its adjoint is ``Phi^T @ U``.
+
+When the features fit in the memory budget they are computed once and kept
+(*materialised*); otherwise they are recomputed chunk by chunk of samples at each
+product, keeping memory flat. :func:`plan_memory` makes that choice, and refuses a problem
+that cannot fit at all before anything large is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._backend import get_namespace
+
+__all__ = ["LiftedOperator", "plan_memory", "MemoryPlan"]
+
+GiB = 1024**3
+
+
+class MemoryPlan:
+    """Outcome of :func:`plan_memory`: ``chunk_rows=None`` means materialise."""
+
+    def __init__(self, chunk_rows, feature_bytes, weight_bytes):
+        self.chunk_rows = chunk_rows
+        self.feature_bytes = feature_bytes
+        self.weight_bytes = weight_bytes
+
+    @property
+    def materialised(self):
+        return self.chunk_rows is None
+
+
+def _fmt(nbytes):
+    return f"{nbytes / GiB:.3g} GiB" if nbytes >= 0.1 * GiB else f"{nbytes / 1024**2:.3g} MiB"
+
+
+def plan_memory(
+    n_samples, n_lifted, n_weights, itemsize, work_per_sample, budget_gib, what, reduce_hint
+):
+    """Choose materialised or chunked lifted features within ``budget_gib``.
+
+    Parameters
+    ----------
+    n_samples : int
+    n_lifted : int
+        Lifted features per sample (``K = P R L``).
+    n_weights : int
+        Number of weights (``K c``).
+    itemsize : int
+        Bytes per float.
+    work_per_sample : int
+        Floats of scratch memory the feature map needs per sample.
+    budget_gib : float
+        The estimator's ``memory_budget``.
+    what : str
+        The head's name, for messages.
+    reduce_hint : str
+        What the user can reduce, for messages.
+    """
+    budget = budget_gib * GiB
+    # the solver keeps about 8 weight-sized arrays (iterate, extrapolation, gradient,
+    # previous iterate, SVD factors and workspace)
+    weight_bytes = 8 * n_weights * itemsize
+    per_sample = (n_lifted + work_per_sample) * itemsize
+    feature_bytes = n_samples * n_lifted * itemsize
+    if weight_bytes + per_sample > budget:
+        raise ValueError(
+            f"{what}: this problem needs {n_weights:,} weights and {n_lifted:,} lifted "
+            f"features per sample; the solver would need about "
+            f"{_fmt(weight_bytes + per_sample)}, more than memory_budget={budget_gib:g} GiB. "
+            f"Reduce {reduce_hint}, or raise memory_budget if the machine has the memory."
+        )
+    if feature_bytes + n_samples * work_per_sample * itemsize / 8 + weight_bytes <= budget / 2:
+        return MemoryPlan(None, feature_bytes, weight_bytes)
+    free = max(budget / 2 - weight_bytes, per_sample)
+    chunk_rows = max(1, int(free // per_sample))
+    return MemoryPlan(min(chunk_rows, n_samples), feature_bytes, weight_bytes)
+
+
+class LiftedOperator:
+    """Forward and adjoint products with a head's lifted features.
+
+    Parameters
+    ----------
+    feature_map : callable
+        ``X_chunk (m, s, d) -> Phi (m, P, R, L)`` in the namespace of ``X``.
+    X : array of shape (n, s, d)
+        Token matrices, already on the compute device.
+    block_shape : tuple (P, R, L)
+    chunk_rows : int or None
+        ``None`` materialises the features; otherwise samples per chunk.
+    """
+
+    def __init__(self, feature_map, X, block_shape, chunk_rows=None):
+        self.xp = get_namespace(X)
+        self.feature_map = feature_map
+        self.X = X
+        self.block_shape = tuple(int(v) for v in block_shape)
+        self.n_samples = int(X.shape[0])
+        self.n_lifted = math.prod(self.block_shape)
+        self.chunk_rows = chunk_rows
+        self.Phi = None
+        if chunk_rows is None:
+            self.Phi = self._features(0, self.n_samples)
+
+    def _features(self, start, stop):
+        Phi = self.feature_map(self.X[start:stop, ...])
+        return self.xp.reshape(Phi, (stop - start, self.n_lifted))
+
+    def _chunks(self):
+        step = self.chunk_rows or self.n_samples
+        for start in range(0, self.n_samples, step):
+            yield start, min(start + step, self.n_samples)
+
+    def forward(self, Z):
+        """Logits without intercept, shape ``(n, c)``, for weights ``Z`` ``(P, R, L c)``."""
+        xp = self.xp
+        c = Z.shape[-1] // self.block_shape[2]
+        Zm = xp.reshape(Z, (self.n_lifted, c))
+        if self.Phi is not None:
+            return self.Phi @ Zm
+        return xp.concat([self._features(a, b) @ Zm for a, b in self._chunks()], axis=0)
+
+    def adjoint(self, U):
+        """``sum_i Phi_i (x) U_i`` reshaped to blocks ``(P, R, L c)``; ``U`` is ``(n, c)``."""
+        xp = self.xp
+        P, R, L = self.block_shape
+        c = U.shape[1]
+        if self.Phi is not None:
+            G = self.Phi.T @ U
+        else:
+            G = None
+            for a, b in self._chunks():
+                part = self._features(a, b).T @ U[a:b, ...]
+                G = part if G is None else G + part
+        return xp.reshape(G, (P, R, L * c))

@@ -1,0 +1,1 @@
+"""The convex heads: one module per architecture, each a feature map plus an estimator."""
