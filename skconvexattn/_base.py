@@ -114,6 +114,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
         X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens)
         check_classification_targets(y)
         classes, y_enc = np.unique(y, return_inverse=True)
@@ -296,7 +300,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
-        O = self._logits(check_tokens(self, X, reset=False))
+        O = self._logits(check_tokens(self, X, reset=False)).astype(np.float64)
         O = O - O.max(axis=1, keepdims=True)
         E = np.exp(O)
         return E / E.sum(axis=1, keepdims=True)
@@ -304,10 +308,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
-        check_is_fitted(self)
-        O = self._logits(check_tokens(self, X, reset=False))
-        m = O.max(axis=1, keepdims=True)
-        return O - (m + np.log(np.exp(O - m).sum(axis=1, keepdims=True)))
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
     def transform(self, X):
         """Token cluster assignments: integer ids with the same meaning in every sample.

@@ -16,7 +16,7 @@ def _ndim(X):
     if nd is not None:
         return nd
     try:
-        return np.ndim(X)
+        return np.asarray(X).ndim
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(
             "X could not be read as an array (ragged nested lists?). Pass a regular "

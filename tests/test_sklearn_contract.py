@@ -1,0 +1,69 @@
+"""The scikit-learn contract of every estimator: the common checks, and the extra
+set_output / feature-names / parameter-validation checks called explicitly."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_estimator,  # noqa: F401  (documented entry point; parametrize_with_checks below)
+    check_global_output_transform_pandas,
+    check_param_validation,
+    check_set_output_transform,
+    check_set_output_transform_pandas,
+    parametrize_with_checks,
+)
+
+import skconvexattn
+
+ESTIMATORS = [
+    skconvexattn.ConvexSelfAttentionClassifier(activation="linear", random_state=0, max_iter=200),
+    skconvexattn.ConvexSelfAttentionClassifier(n_gates=2, random_state=0, max_iter=200),
+]
+for _name in ("ConvexMixerClassifier", "ConvexFNOClassifier", "ConvexMLPClassifier"):
+    if hasattr(skconvexattn, _name):
+        _cls = getattr(skconvexattn, _name)
+        ESTIMATORS.append(_cls(random_state=0, n_gates=2, max_iter=200))
+        ESTIMATORS.append(_cls(activation="linear", random_state=0, max_iter=200))
+
+
+def _id(est):
+    return f"{type(est).__name__}({est.activation})"
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+EXTRA_CHECKS = [
+    check_set_output_transform,
+    check_set_output_transform_pandas,
+    check_global_output_transform_pandas,
+    check_dataframe_column_names_consistency,
+    check_param_validation,
+]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=_id)
+@pytest.mark.parametrize("check", EXTRA_CHECKS, ids=lambda c: c.__name__)
+def test_extra_checks(estimator, check):
+    pytest.importorskip("pandas")
+    check(type(estimator).__name__, clone(estimator))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=_id)
+def test_flattened_and_3d_inputs_agree(estimator):
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3, 4)
+    y = (X[:, :, 0].mean(axis=1) > 0).astype(int)
+    est3 = clone(estimator).fit(X, y)
+    flat = X.reshape(40, 12)
+    # fitted on 3-D, predicts on the flattened data identically
+    np.testing.assert_array_equal(est3.predict(flat), est3.predict(X))
+    np.testing.assert_allclose(est3.decision_function(flat), est3.decision_function(X))
+    # fitted on the flattened data with n_tokens: the same model
+    est2 = clone(estimator).set_params(n_tokens=3).fit(flat, y)
+    np.testing.assert_allclose(est2.coef_, est3.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(est2.decision_function(X), est3.decision_function(X))
+    assert est2.token_shape_ == est3.token_shape_ == (3, 4)
