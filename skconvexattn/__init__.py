@@ -7,7 +7,15 @@ solution with a duality gap.
 """
 
 from .heads.attention import ConvexSelfAttentionClassifier
+from .heads.fno import ConvexFNOClassifier
+from .preprocessing import TokenPCA, TokenStandardScaler
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ConvexSelfAttentionClassifier", "__version__"]
+__all__ = [
+    "ConvexSelfAttentionClassifier",
+    "ConvexFNOClassifier",
+    "TokenStandardScaler",
+    "TokenPCA",
+    "__version__",
+]

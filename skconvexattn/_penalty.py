@@ -4,6 +4,10 @@ Weights are stored as one stacked array ``Z`` of shape ``(P, R, C)``: block ``p`
 ``R x C`` matrix ``Z[p]``. Blocks of a head that are naturally smaller (uneven channel
 groups of the FNO head) are zero-padded; zero rows change neither the nuclear norm nor the
 solution, so a single batched SVD serves every head.
+
+(An eigen-decomposition of the smaller Gram matrix was measured at only 1.4x faster than
+the batched SVD for 400 x 200 blocks on one CPU thread, and its inexact tiny singular
+values slowed convergence at tight tolerances, so the prox uses the SVD.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,533 @@
+"""Convex Fourier-neural-operator (FNO) head (SPEC 2.3).
+
+Non-convex block: a global circular convolution over the token axis, summed over the
+channels, followed by a map to the classes,
+
+    Yhat_i = sum_j sigma(C(X_i) k_j) w_2j^T,
+    (C(X) k)[t] = sum_{tau, f} K[tau, f] X[(t - tau) mod s, f],
+
+with one kernel ``K_j`` of shape ``(s, d)`` (``k_j = vec(K_j)``) and one output vector
+``w_2j`` of shape ``(c,)`` per neuron, average-pooled over tokens. Its convex program has one
+weight block per gate, ``Z_p`` of shape ``(s*d, c)`` (rows ``(tau, f)`` = ``vec(K)``), with
+lifted features
+
+    Phi_i^(p)[tau, f] = (1/s) sum_t D_p^(i)[t] X_i[(t - tau) mod s, f],
+
+a circular cross-correlation of the gate mask ``D_p^(i)`` (a 0/1 vector over tokens) with
+every channel of ``X_i``. By the correlation theorem its DFT along ``tau`` is
+``conj(Xhat_i[k, f]) Dhat_p^(i)[k] / s``: two real FFTs along the token axis and a pointwise
+product, ``O(s log s)`` per channel; the ``s x s`` circulant matrix is never formed.
+
+Gates. ``D_p^(i)[t] = 1{(C(Xtilde_i) h_p)[t] >= 0}``: the sign of a random global circular
+convolution of the token-standardised sample ``Xtilde_i = (X_i - mu) / sigma`` (``mu`` and
+``sigma`` are the per-feature mean and scale over all training tokens, see
+:mod:`skconvexattn._gates`) with a Gaussian kernel ``h_p`` of shape ``(s, d)``. No offset is
+needed: the standardised pre-activations have zero mean over the training tokens, so every
+gate splits the tokens roughly in half.
+
+Fourier modes. With ``n_modes`` the kernels are restricted to the lowest ``n_modes``
+frequencies ``k = 0, ..., n_modes - 1`` of the real DFT along the tokens (FNO's ``modes``):
+``K = B W`` with ``B`` (``s x M``) the orthonormal real Fourier basis of those frequencies,
+columns ``[1, cos_1, sin_1, cos_2, sin_2, ...]`` (scaled to unit norm; for even ``s`` the
+Nyquist frequency ``k = s/2`` contributes one column ``(-1)^t``, its sine being zero), so
+``M = 2 n_modes - 1``, minus one when the Nyquist frequency is kept. The features become
+``B^T Phi``, read off the DFT directly. Since ``B`` has orthonormal columns,
+``||B W||_* = ||W||_*``: the full spectrum (``n_modes = s // 2 + 1``) is an orthogonal change
+of basis of the untruncated problem, with the same optimum and predictions.
+
+Channel blocks. ``n_blocks`` splits the ``d`` channels into contiguous groups (sizes as
+:func:`numpy.array_split`); each neuron's kernel reads one group only, and every
+(gate, group) pair is a block with its own nuclear norm (block-diagonal channel mixing, as
+in AFNO). Blocks are ordered gate-major (``p * n_blocks + g``); rows are
+``(mode, channel in group)``, zero-padded to the largest group.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+import numpy as np
+from array_api_compat import device as _device
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from .._backend import get_namespace
+from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
+
+__all__ = [
+    "ConvexFNOClassifier",
+    "fno_features",
+    "fno_gate_masks",
+    "circular_convolution",
+    "fourier_basis",
+    "channel_groups",
+]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _n_columns(s, n_modes):
+    """Real basis columns ``M`` kept by ``n_modes`` frequencies (``s`` for ``None``)."""
+    if n_modes is None:
+        return s
+    nyquist = s % 2 == 0 and n_modes == s // 2 + 1
+    return 2 * n_modes - 1 - int(nyquist)
+
+
+def fourier_basis(s, n_modes=None):
+    """Orthonormal real Fourier basis of the lowest ``n_modes`` token frequencies.
+
+    Parameters
+    ----------
+    s : int
+        Number of tokens.
+    n_modes : int or None
+        Frequencies kept, ``1 <= n_modes <= s // 2 + 1``; ``None`` keeps all of them.
+
+    Returns
+    -------
+    B : ndarray of shape (s, M)
+        Columns ``[1, cos_1, sin_1, ..., cos_k, sin_k, (nyquist)]`` scaled to unit norm,
+        with ``M = 2 n_modes - 1`` (one less when the Nyquist frequency of an even ``s`` is
+        kept). ``B.T @ B`` is the identity; with all modes ``B`` is orthogonal.
+    """
+    n_modes = s // 2 + 1 if n_modes is None else int(n_modes)
+    t = np.arange(s)
+    cols = [np.full(s, 1.0 / math.sqrt(s))]
+    for k in range(1, n_modes):
+        if 2 * k == s:
+            cols.append(np.cos(np.pi * t) / math.sqrt(s))
+        else:
+            ang = 2.0 * np.pi * k * t / s
+            cols.append(math.sqrt(2.0 / s) * np.cos(ang))
+            cols.append(math.sqrt(2.0 / s) * np.sin(ang))
+    return np.stack(cols, axis=1)
+
+
+def channel_groups(d, n_blocks):
+    """Contiguous channel groups ``[(start, stop), ...]`` (sizes as ``array_split``)."""
+    q, r = divmod(d, n_blocks)
+    bounds, start = [], 0
+    for g in range(n_blocks):
+        stop = start + q + (1 if g < r else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def circular_convolution(X, kernels):
+    """Per-token outputs ``(C(X) K_p)[t] = sum_{tau,f} K_p[tau,f] X[(t-tau) mod s, f]``.
+
+    Parameters
+    ----------
+    X : array of shape (m, s, d)
+    kernels : array of shape (P, s, d)
+
+    Returns
+    -------
+    U : array of shape (m, P, s)
+        Computed as a pointwise product of real FFTs along the token axis.
+    """
+    xp = get_namespace(X, kernels)
+    s = X.shape[1]
+    Xh = xp.fft.rfft(X, axis=1)  # (m, F, d)
+    Kh = xp.fft.rfft(kernels, axis=1)  # (P, F, d)
+    # elementwise product and a sum over channels (not a GEMM): every sample's result is
+    # then independent of the batch it is computed in, so gate signs never depend on it
+    Uh = xp.sum(Xh[:, None, :, :] * Kh[None, :, :, :], axis=-1)  # (m, P, F)
+    return xp.fft.irfft(Uh, n=s, axis=-1)
+
+
+def fno_gate_masks(X, kernels, mu=None, sigma=None):
+    """Gate masks ``D_p[t] = 1{(C((X - mu) / sigma) h_p)[t] >= 0}``, shape ``(m, P, s)``.
+
+    ``mu`` and ``sigma`` (shape ``(d,)``) standardise the token features; ``None`` means 0
+    and 1. The masks have the dtype of ``X`` (0.0 or 1.0).
+    """
+    xp = get_namespace(X)
+    if mu is not None:
+        X = X - mu
+    if sigma is not None:
+        X = X / sigma
+    return xp.astype(circular_convolution(X, kernels) >= 0, X.dtype)
+
+
+def _real_modes(Ph, s, n_modes):
+    """``B^T Phi`` from the DFT ``Ph`` of ``Phi`` along axis 2: ``(m, P, M, d)``."""
+    xp = get_namespace(Ph)
+    re = xp.real(Ph[:, :, :n_modes, :])
+    im = -xp.imag(Ph[:, :, :n_modes, :])  # sum_t sin(2 pi k t / s) Phi[t]
+    nyquist = s % 2 == 0 and n_modes == s // 2 + 1
+    k_pairs = n_modes - 1 - int(nyquist)  # frequencies 1..k_pairs get a cos and a sin
+    parts = [re[:, :, 0:1, :] / math.sqrt(s)]
+    if k_pairs > 0:
+        m, P, _, d = re.shape
+        pairs = xp.stack([re[:, :, 1 : k_pairs + 1, :], im[:, :, 1 : k_pairs + 1, :]], axis=3)
+        parts.append(xp.reshape(pairs, (m, P, 2 * k_pairs, d)) * math.sqrt(2.0 / s))
+    if nyquist:
+        parts.append(re[:, :, s // 2 : s // 2 + 1, :] / math.sqrt(s))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=2)
+
+
+def _split_channels(Phi, n_blocks):
+    """``(m, P, M, d)`` -> ``(m, P * n_blocks, M * gmax)``, groups zero-padded to ``gmax``."""
+    xp = get_namespace(Phi)
+    m, P, M, d = Phi.shape
+    if n_blocks == 1:
+        return xp.reshape(Phi, (m, P, M * d))
+    groups = channel_groups(d, n_blocks)
+    gmax = max(b - a for a, b in groups)
+    parts = []
+    for a, b in groups:
+        part = Phi[:, :, :, a:b]
+        if b - a < gmax:
+            pad = xp.zeros((m, P, M, gmax - (b - a)), dtype=Phi.dtype, device=_device(Phi))
+            part = xp.concat([part, pad], axis=3)
+        parts.append(part)
+    blocks = xp.stack(parts, axis=2)  # (m, P, n_blocks, M, gmax)
+    return xp.reshape(blocks, (m, P * n_blocks, M * gmax))
+
+
+def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None):
+    """Lifted FNO features.
+
+    Parameters
+    ----------
+    X : array of shape (m, s, d)
+        Token matrices; tokens in sequence order (the convolution is circular along it).
+    kernels : array of shape (P, s, d), or None
+        Gate kernels ``h_p``; ``None`` for the linear activation (one all-ones gate).
+    n_modes : int or None
+        Keep the lowest ``n_modes`` Fourier frequencies of the kernels (features
+        ``B^T Phi``, see :func:`fourier_basis`); ``None`` keeps the token domain ``tau``.
+    n_blocks : int
+        Contiguous channel groups, one block each (see :func:`channel_groups`).
+    mu, sigma : arrays of shape (d,), or None
+        Token standardisation applied before the gates (not to the features).
+
+    Returns
+    -------
+    Phi : array of shape (m, P * n_blocks, M * gmax, 1)
+        Blocks gate-major, rows ``(mode or tau, channel in group)``; ``M = s`` without
+        ``n_modes`` and ``gmax = ceil(d / n_blocks)``.
+    """
+    xp = get_namespace(X)
+    m, s, d = X.shape
+    if kernels is None:
+        # all-ones gate: Phi[tau, f] = xbar[f] for every tau (B^T 1 = sqrt(s) e_0)
+        xbar = xp.mean(X, axis=1)[:, None, None, :]  # (m, 1, 1, d)
+        if n_modes is None:
+            Phi = xp.broadcast_to(xbar, (m, 1, s, d))
+        else:
+            rest = xp.zeros((m, 1, _n_columns(s, n_modes) - 1, d), dtype=X.dtype, device=_device(X))
+            Phi = xp.concat([xbar * math.sqrt(s), rest], axis=2)
+    else:
+        D = fno_gate_masks(X, kernels, mu, sigma)  # (m, P, s)
+        Xh = xp.fft.rfft(X, axis=1)  # (m, F, d)
+        Dh = xp.fft.rfft(D, axis=-1)  # (m, P, F)
+        Ph = xp.conj(Xh)[:, None, :, :] * Dh[:, :, :, None] / s  # DFT of Phi along tau
+        if n_modes is None:
+            Phi = xp.fft.irfft(Ph, n=s, axis=2)  # (m, P, s, d)
+        else:
+            Phi = _real_modes(Ph, s, n_modes)
+    Phi = _split_channels(Phi, n_blocks)
+    return Phi[..., None]
+
+
+# ---------------------------------------------------------------------------- estimator
+class ConvexFNOClassifier(BaseConvexHead):
+    """Fourier-neural-operator (global convolution) classification head trained to
+    global optimality.
+
+    Fits the convex equivalent of an FNO block with weight decay,
+    ``Yhat_i = sum_j sigma(C(X_i) k_j) w_2j^T``, average-pooled over tokens (plus an
+    intercept), where ``C(X_i) k_j`` is the circular convolution of the token sequence with a
+    kernel ``K_j`` of shape ``(n_tokens, n_features)`` summed over channels (a pointwise
+    product in the DFT domain), and ``sigma`` gated ReLU or linear. The convex program is a
+    linear model in lifted features (circular cross-correlations of the gate masks with the
+    tokens, computed with FFTs) with a block nuclear-norm penalty, solved by accelerated
+    proximal gradient to a certified duality gap (Sahiner et al., ICML 2022).
+
+    Parameters
+    ----------
+    alpha : float, default=1e-3
+        Regularisation strength (> 0): weight of ``sum_p ||Z_p||_*``, equivalently of the
+        weight decay ``alpha/2 * sum_j (||K_j||^2 + ||w_2j||^2)`` of the non-convex network.
+        The data term is a mean over samples, so ``alpha`` does not scale with
+        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
+        model.
+    activation : {"gated_relu", "linear"}, default="gated_relu"
+        ``"gated_relu"``: ``n_gates`` random gates; neuron ``j`` of gate ``p`` outputs
+        ``D_p[t] (C(X) K_j)[t]`` at token ``t``, where ``D_p[t]`` is the sign pattern of a
+        random global convolution of the standardised tokens. ``"linear"``: one block, no
+        gates; with average pooling the head then collapses exactly to a linear head on the
+        mean token (see Notes), which is why ``"gated_relu"`` is the default.
+    n_gates : int, default=8
+        Number of gates for ``activation="gated_relu"``.
+    n_modes : int or None, default=None
+        Keep only the lowest ``n_modes`` Fourier frequencies of the kernels along the tokens,
+        ``1 <= n_modes <= n_tokens // 2 + 1`` (as FNO's ``modes``); ``None`` keeps all. The
+        kernels are parametrised as ``K = B W`` with ``B`` an orthonormal real Fourier basis
+        (:func:`fourier_basis`), which leaves the nuclear norms unchanged: fewer weights,
+        still convex, and ``n_modes = n_tokens // 2 + 1`` gives the same solution as
+        ``None``.
+    n_blocks : int, default=1
+        Split the ``n_features`` channels into ``n_blocks`` contiguous groups
+        (``n_blocks <= n_features``); each neuron's kernel reads one group, with one nuclear
+        norm per (gate, group) block: block-diagonal channel mixing, as in AFNO.
+    loss : {"log_loss", "squared_error"}, default="log_loss"
+        Multinomial logistic loss on the pooled logits, or squared error against one-hot
+        targets.
+    fit_intercept : bool, default=True
+        Fit an unpenalised intercept.
+    max_iter : int, default=1000
+        Maximum FISTA iterations.
+    tol : float, default=1e-4
+        Stop when the duality gap is at most ``tol`` times the objective.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
+    n_tokens : int, default=None
+        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
+        ``None`` means one token per row.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplied into ``sample_weight``.
+    memory_budget : float, default=4.0
+        GiB the solver may use for lifted features and weights; beyond half of it the
+        features are recomputed chunk by chunk, and a problem whose weights alone do not
+        fit is refused with a message saying what to reduce.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
+    verbose : int, default=0
+        Print the objective and duality gap at every gap evaluation.
+    warm_start : bool, default=False
+        Start from the previous solution (and keep its gates) when refitting.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (n_gates * n_blocks, M * gmax, n_classes)
+        The convex weights ``Z_p``, blocks gate-major (``p * n_blocks + g``), rows
+        ``(tau, f)`` (or ``(mode, f)`` with ``n_modes``; ``M`` = ``n_tokens`` or the number of
+        real Fourier columns), ``f`` running over the group's channels zero-padded to the
+        largest group ``gmax = ceil(n_features / n_blocks)``. One gate for ``"linear"``.
+    intercept_ : ndarray of shape (n_classes,)
+    gates_ : dict of ndarray
+        ``"H"`` (n_gates, n_tokens, n_features): the gate kernels ``h_p``; ``"mu"`` and
+        ``"sigma"`` (n_features,): the token standardisation they act on. Empty for the
+        linear activation.
+    n_iter_ : int
+    dual_gap_ : float
+        Duality gap of the returned solution: an upper bound on its suboptimality.
+    objective_ : float
+        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
+    alpha_max_ : float
+    convergence_ : dict
+        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
+    token_shape_ : tuple (n_tokens, n_features)
+    n_features_in_ : int
+        ``n_tokens * n_features``.
+    device_ : str
+        ``"cpu"`` or ``"cuda"``: where the fit ran.
+
+    Notes
+    -----
+    Token order. The convolution is circular along the tokens in the order given. A 2-D
+    token grid (image patches) is treated as the 1-D sequence of its tokens in row-major
+    order, circular along that sequence: a shift by one token moves one patch to the right,
+    wrapping from the end of a row to the start of the next (and from the last patch to the
+    first). Append positional features (e.g. one-hot patch positions) when absolute
+    positions matter.
+
+    Linear activation. With all-ones gates ``Phi_i[tau, f] = xbar_i[f]`` for every shift
+    ``tau``: the logits are ``xbar_i^T V + b`` with ``V = sum_tau Z[tau]``, and the smallest
+    nuclear norm of a ``Z`` with a given ``V`` is ``||V||_* / sqrt(n_tokens)``. The linear
+    FNO head is therefore exactly the nuclear-norm-regularised linear head on the mean
+    token with strength ``alpha / sqrt(n_tokens)`` (and ``n_modes`` changes nothing).
+
+    Recovering the network. For the compact SVD ``Z_p = sum_j sigma_j u_j v_j^T`` of a
+    block (gate ``p``, group ``g``), neuron ``j`` has kernel
+    ``K_j = sqrt(sigma_j) B reshape(u_j, (M, gmax))`` on the group's channels (``B`` the
+    identity without ``n_modes``) and output weights ``w_2j = sqrt(sigma_j) v_j``; gated by
+    ``D_p``, these neurons reproduce the convex predictions and their weight decay equals
+    ``sum_p ||Z_p||_*``.
+
+    ``transform`` returns token clusters. Gated: bit ``j`` of a token's id is its gate value
+    ``D_p[t]`` for the ``j``-th most important active gate (gates ordered by the sum of
+    their blocks' nuclear norms over the channel groups), so ids name the same pattern in
+    every sample. Linear: the id is the leading recovered neuron (by singular value) with
+    the largest ``sigma_j |(C(X) K_j)[t]|`` at the token.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skconvexattn.heads.fno import ConvexFNOClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((60, 8, 3))
+    >>> y = (X[:, :, 0].max(axis=1) > 1.5).astype(int)
+    >>> clf = ConvexFNOClassifier(alpha=1e-2, n_gates=4, random_state=0).fit(X, y)
+    >>> bool(clf.dual_gap_ <= 1e-4 * clf.objective_)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseConvexHead._parameter_constraints,
+        "n_modes": [Interval(Integral, 1, None, closed="left"), None],
+        "n_blocks": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    _head_name = "FNO"
+    _reduce_hint = (
+        "n_tokens or n_features (lifted features grow as n_tokens * n_features per gate; "
+        "use n_modes to keep fewer Fourier modes, or TokenPCA), or n_gates"
+    )
+
+    def __init__(
+        self,
+        alpha=1e-3,
+        *,
+        activation="gated_relu",
+        n_gates=8,
+        n_modes=None,
+        n_blocks=1,
+        loss="log_loss",
+        fit_intercept=True,
+        max_iter=1000,
+        tol=1e-4,
+        device="auto",
+        n_tokens=None,
+        class_weight=None,
+        memory_budget=4.0,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.alpha = alpha
+        self.activation = activation
+        self.n_gates = n_gates
+        self.n_modes = n_modes
+        self.n_blocks = n_blocks
+        self.loss = loss
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.n_tokens = n_tokens
+        self.class_weight = class_weight
+        self.memory_budget = memory_budget
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ hooks
+    def _n_gate_patterns(self):
+        return 1 if self.activation == "linear" else self.n_gates
+
+    def _n_blocks(self):
+        return self._n_gate_patterns() * self.n_blocks
+
+    def _group_width(self, d):
+        return -(-d // self.n_blocks)
+
+    def _block_shape(self, s, d):
+        return (self._n_blocks(), _n_columns(s, self.n_modes) * self._group_width(d), 1)
+
+    def _work_per_sample(self, s, d):
+        G = self._n_gate_patterns()
+        F = s // 2 + 1
+        d_pad = self.n_blocks * self._group_width(d)
+        # standardised copy and spectrum of X, gate spectra and masks, the complex feature
+        # spectrum, the feature array and its blocked (padded) copy
+        return 3 * s * d + 2 * G * (s + 2 * F) + 6 * G * F * d + 3 * G * s * d_pad
+
+    def _check_head_params(self, s, d):
+        if self.n_modes is not None and not 1 <= self.n_modes <= s // 2 + 1:
+            raise ValueError(
+                f"n_modes={self.n_modes} is out of range: with n_tokens={s} the real DFT along "
+                f"the tokens has {s // 2 + 1} frequencies, so n_modes must be an integer in "
+                f"[1, {s // 2 + 1}] (or None to keep all of them)."
+            )
+        if self.n_blocks > d:
+            raise ValueError(
+                f"n_blocks={self.n_blocks} is larger than the number of features per token "
+                f"(n_features={d}): each channel block needs at least one feature. Pass "
+                f"n_blocks in [1, {d}]."
+            )
+
+    def _draw_gates(self, rng, mu, sigma, s, d):
+        if self.activation == "linear":
+            return {}
+        H = rng.standard_normal((self.n_gates, s, d))
+        H /= np.linalg.norm(H.reshape(self.n_gates, -1), axis=1)[:, None, None]
+        return {"H": H, "mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
+
+    def _feature_map(self, gates, xp):
+        n_modes, n_blocks = self.n_modes, self.n_blocks
+        if not gates:
+            return lambda X: fno_features(X, None, n_modes, n_blocks)
+        H, mu, sigma = gates["H"], gates["mu"], gates["sigma"]
+        return lambda X: fno_features(X, H, n_modes, n_blocks, mu, sigma)
+
+    def _token_clusters(self, X):
+        norms = self.block_norms().reshape(self._n_gate_patterns(), self.n_blocks).sum(axis=1)
+        if self.activation == "gated_relu":
+            g = self.gates_
+            D = fno_gate_masks(
+                X, g["H"].astype(X.dtype), g["mu"].astype(X.dtype), g["sigma"].astype(X.dtype)
+            )
+            return sign_pattern_clusters(np.transpose(np.asarray(D), (0, 2, 1)), norms)
+        return self._leading_neuron_clusters(X)
+
+    # ------------------------------------------------------------------ inspection
+    def _neurons(self):
+        """The neurons of the non-convex network recovered from the fit (SPEC 2.4).
+
+        Returns
+        -------
+        neurons : list of dict
+            One entry per neuron (non-zero singular value), most important first, with
+            ``"gate"`` (index into ``gates_["H"]``; ``None`` for linear), ``"group"``
+            (channel block), ``"kernel"`` ``K_j`` of shape ``(n_tokens, n_features)`` (zero
+            outside the group's channels), ``"weight"`` ``w_2j`` of shape ``(n_classes,)``
+            and ``"sigma"`` (the singular value: ``(||K_j||^2 + ||w_2j||^2) / 2``).
+        """
+        check_is_fitted(self)
+        s, d = self.token_shape_
+        groups = channel_groups(d, self.n_blocks)
+        gmax = self._group_width(d)
+        B = fourier_basis(s, self.n_modes) if self.n_modes is not None else np.eye(s)
+        M = B.shape[1]
+        neurons = []
+        for blk, Zp in enumerate(np.asarray(self.coef_, dtype=np.float64)):
+            gate, g = divmod(blk, self.n_blocks)
+            a, b = groups[g]
+            U, S, Vh = np.linalg.svd(Zp, full_matrices=False)
+            for j in range(S.shape[0]):
+                if S[j] <= 1e-12 * S[0]:  # numerically zero (SVD of a thresholded block)
+                    continue
+                K = np.zeros((s, d))
+                K[:, a:b] = (B @ U[:, j].reshape(M, gmax))[:, : b - a] * math.sqrt(S[j])
+                neurons.append(
+                    {
+                        "gate": None if self.activation == "linear" else gate,
+                        "group": g,
+                        "kernel": K,
+                        "weight": Vh[j] * math.sqrt(S[j]),
+                        "sigma": float(S[j]),
+                    }
+                )
+        neurons.sort(key=lambda nrn: -nrn["sigma"])
+        return neurons
+
+    def _leading_neuron_clusters(self, X, max_neurons=8):
+        """Linear activation: the leading recovered neuron (by singular value) to which the
+        token contributes most. Pooled, neuron ``j`` outputs
+        ``(1/s) sum_t x_t^T kappa_j`` with ``kappa_j = sum_tau K_j[tau]``, so token ``t``
+        contributes ``sigma_j |x_t^T kappa_j|`` (``K_j`` of unit norm)."""
+        neurons = self._neurons()[:max_neurons]
+        S = np.asarray([nrn["sigma"] for nrn in neurons])
+        keep = _active_order(S)
+        if keep.size == 0:
+            return np.zeros(X.shape[:2], dtype=np.int64)
+        kappa = np.stack([neurons[j]["kernel"].sum(axis=0) / math.sqrt(S[j]) for j in keep])
+        contrib = np.abs(np.asarray(X, dtype=np.float64) @ kappa.T) * S[keep]  # (n, s, J)
+        return np.argmax(contrib, axis=2)

@@ -1,0 +1,230 @@
+"""Convex token-MLP head: the paper's MLP baseline.
+
+Non-convex block: a two-layer MLP applied to every token and average-pooled,
+``Yhat_i = sum_j sigma(X_i w_1j) w_2j^T`` with ``w_1j`` in ``R^d`` and ``w_2j`` in ``R^c``.
+Its convex equivalent with gated ReLU is the convex gated-ReLU network of Mishkin et al.
+(ICML 2022) on pooled features: one weight block per gate, ``Z_p`` of shape ``(d, c)``, and
+
+    Phi_i^(p)[f] = (1/s) sum_t D_p(x_it) x_it[f],    D_p(x) = 1{h_p . x + c_p >= 0}
+
+(block shape ``(P, d, 1)``): a single batched GEMM of the gate sides with the tokens.
+
+Gates are the hyperplanes of the self-attention head (:func:`~skconvexattn._gates.
+hyperplane_gates`): random normals in standardised token coordinates, each through a random
+point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
+linear model on the mean token ``xbar_i``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backend import get_namespace
+from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
+from .._gates import hyperplane_gates
+from .attention import token_sides
+
+__all__ = ["ConvexMLPClassifier", "mlp_features"]
+
+
+def mlp_features(X, H=None, c=None):
+    """Lifted token-MLP features.
+
+    Parameters
+    ----------
+    X : array of shape (m, s, d)
+    H, c : arrays of shape (P, d) and (P,), or None
+        Gate hyperplanes; ``None`` for the linear activation (one block: the mean token).
+
+    Returns
+    -------
+    Phi : array of shape (m, P, d, 1)
+        ``Phi[i, p, f, 0] = (1/s) sum_t D_p(x_it) x_it[f]``.
+    """
+    xp = get_namespace(X)
+    m, s, d = X.shape
+    if H is None:
+        return xp.reshape(xp.mean(X, axis=1), (m, 1, d, 1))
+    P = H.shape[0]
+    side = xp.permute_dims(token_sides(X, H, c), (0, 2, 1))  # (m, P, s)
+    Phi = (side @ X) / s  # (m, P, d)
+    return xp.reshape(Phi, (m, P, d, 1))
+
+
+class ConvexMLPClassifier(BaseConvexHead):
+    """Token-MLP classification head (the MLP baseline) trained to global optimality.
+
+    Fits the convex equivalent of a two-layer MLP applied to every token with weight decay,
+    ``Yhat_i = sum_j sigma(X_i w_1j) w_2j^T``, average-pooled over tokens (plus an
+    intercept), with ``sigma`` linear or gated ReLU: the convex gated-ReLU network of
+    Mishkin et al. (2022) on pooled token features, with a block nuclear-norm penalty,
+    solved by accelerated proximal gradient to a certified duality gap. Tokens do not
+    interact: it is the no-attention baseline of Sahiner et al. (ICML 2022).
+
+    Parameters
+    ----------
+    alpha : float, default=1e-3
+        Regularisation strength (> 0): weight of ``sum_p ||Z_p||_*``, equivalently of the
+        weight decay ``alpha/2 * sum_j (||w_1j||^2 + ||w_2j||^2)`` of the non-convex network.
+        The data term is a mean over samples, so ``alpha`` does not scale with
+        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
+        model.
+    activation : {"gated_relu", "linear"}, default="gated_relu"
+        ``"linear"``: a linear model on the mean token ``xbar_i`` (one block, trace-norm
+        penalised). ``"gated_relu"``: ``n_gates`` random hyperplane gates; neuron group
+        ``p`` sees only the tokens on one side of its hyperplane.
+    n_gates : int, default=8
+        Number of gates (blocks) for ``activation="gated_relu"``.
+    loss : {"log_loss", "squared_error"}, default="log_loss"
+        Multinomial logistic loss on the pooled logits, or squared error against one-hot
+        targets.
+    fit_intercept : bool, default=True
+        Fit an unpenalised intercept.
+    max_iter : int, default=1000
+        Maximum FISTA iterations.
+    tol : float, default=1e-4
+        Stop when the duality gap is at most ``tol`` times the objective.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
+    n_tokens : int, default=None
+        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
+        ``None`` means one token per row.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, multiplied into ``sample_weight``.
+    memory_budget : float, default=4.0
+        GiB the solver may use for lifted features and weights; beyond half of it the
+        features are recomputed chunk by chunk, and a problem whose weights alone do not
+        fit is refused with a message saying what to reduce.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
+    verbose : int, default=0
+        Print the objective and duality gap at every gap evaluation.
+    warm_start : bool, default=False
+        Start from the previous solution (and keep its gates) when refitting.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (n_blocks, n_features, n_classes)
+        The convex weights ``Z_p`` (rows ``f`` index ``w_1``, columns ``b`` index ``w_2``).
+    intercept_ : ndarray of shape (n_classes,)
+    gates_ : dict of ndarray
+        ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
+        (empty for the linear activation).
+    n_iter_ : int
+    dual_gap_ : float
+        Duality gap of the returned solution: an upper bound on its suboptimality.
+    objective_ : float
+        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
+    alpha_max_ : float
+    convergence_ : dict
+        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
+    token_shape_ : tuple (n_tokens, n_features)
+    n_features_in_ : int
+        ``n_tokens * n_features``.
+    device_ : str
+        ``"cpu"`` or ``"cuda"``: where the fit ran.
+
+    Notes
+    -----
+    Convex program: ``Phi_i^(p) = (1/n_tokens) sum_t D_p(x_it) x_it`` with
+    ``D_p(x) = 1{h_p . x + c_p >= 0}`` and ``o_i = sum_p Z_p^T Phi_i^(p) + b``. The compact
+    SVD ``Z_p = sum_j sigma_j u_j v_j^T`` gives the neurons of an equivalent gated-ReLU MLP,
+    ``w_1j = sqrt(sigma_j) u_j``, ``w_2j = sqrt(sigma_j) v_j``, predicting the same logits
+    with weight decay ``sum_p ||Z_p||_*``. With ``activation="linear"`` the model is
+    ``o_i = Z^T xbar_i + b``: a multinomial linear model on the mean token with a trace-norm
+    penalty (GAP makes a linear token MLP see only the mean token).
+
+    ``transform`` returns token clusters. Gated: bit ``j`` of a token's id is its side of
+    the ``j``-th most important active gate (gates ordered by ``||Z_p||_*``, zero blocks
+    ignored), so ids name the same region of token space in every sample. Linear: the id
+    is the rank of the recovered neuron (singular vector of ``Z``, among the 8 leading
+    ones) with the largest response ``sigma_j |u_j . x_t|`` to the token.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skconvexattn.heads.mlp import ConvexMLPClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((60, 4, 3))
+    >>> y = (np.abs(X[:, :, 0]).mean(axis=1) > 0.8).astype(int)
+    >>> clf = ConvexMLPClassifier(alpha=1e-2, n_gates=4, random_state=0).fit(X, y)
+    >>> bool(clf.dual_gap_ <= 1e-4 * clf.objective_)
+    True
+    >>> clf.transform(X[:2]).shape
+    (2, 4)
+    """
+
+    _head_name = "token MLP"
+    _reduce_hint = "n_gates or n_features (TokenPCA before the head)"
+
+    def __init__(
+        self,
+        alpha=1e-3,
+        *,
+        activation="gated_relu",
+        n_gates=8,
+        loss="log_loss",
+        fit_intercept=True,
+        max_iter=1000,
+        tol=1e-4,
+        device="auto",
+        n_tokens=None,
+        class_weight=None,
+        memory_budget=4.0,
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.alpha = alpha
+        self.activation = activation
+        self.n_gates = n_gates
+        self.loss = loss
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.n_tokens = n_tokens
+        self.class_weight = class_weight
+        self.memory_budget = memory_budget
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def _block_shape(self, s, d):
+        return (self._n_blocks(), d, 1)
+
+    def _work_per_sample(self, s, d):
+        P = self._n_blocks()
+        return 2 * P * s + 2 * P * d + s * d
+
+    def _draw_gates(self, rng, mu, sigma, s, d):
+        if self.activation == "linear":
+            return {}
+        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
+        return {"H": H, "c": c}
+
+    def _feature_map(self, gates, xp):
+        if not gates:
+            return mlp_features
+        H, c = gates["H"], gates["c"]
+        return lambda X: mlp_features(X, H, c)
+
+    def _token_clusters(self, X):
+        if self.activation == "gated_relu":
+            sides = token_sides(
+                X, self.gates_["H"].astype(X.dtype), self.gates_["c"].astype(X.dtype)
+            )
+            return sign_pattern_clusters(np.asarray(sides), self.block_norms())
+        return _leading_neuron_clusters(X, self.coef_[0])
+
+
+def _leading_neuron_clusters(X, Z, max_heads=8):
+    """Linear token MLP: the leading recovered neuron (by singular value) with the largest
+    response ``sigma_j |u_j . x_t|`` to each token."""
+    U, S, _ = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
+    k = _active_order(S)[:max_heads]
+    if k.size == 0:
+        return np.zeros(X.shape[:2], dtype=np.int64)
+    resp = np.abs(X @ U[:, k]) * S[k]  # (n, s, heads)
+    return np.argmax(resp, axis=2)
