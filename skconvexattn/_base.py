@@ -178,7 +178,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Yd = backend.asarray(Y)
         wd = backend.asarray(w.astype(dtype))
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = LiftedOperator(self._feature_map(gates, xp), Xd, (P, R, L), plan.chunk_rows)
+        op = LiftedOperator(
+            self._feature_map(gates, xp),
+            Xd,
+            (P, R, L),
+            plan.chunk_rows,
+            center=wd if self.fit_intercept else None,
+        )
         datafit = get_datafit(self.loss)
 
         amax = float(to_numpy(alpha_max(op, datafit, Yd, wd, self.fit_intercept)[0]))
@@ -194,6 +200,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if warm:
             coef_init = backend.asarray(self.coef_.astype(dtype))
             intercept_init = backend.asarray(self.intercept_.astype(dtype))
+            intercept_init = intercept_init + op.intercept_shift(coef_init)
         res = fista(
             op,
             datafit,
@@ -218,7 +225,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 stacklevel=2,
             )
         self.coef_ = to_numpy(res.coef)
-        self.intercept_ = to_numpy(res.intercept)
+        self.intercept_ = to_numpy(res.intercept - op.intercept_shift(res.coef))
         self.n_iter_ = res.n_iter
         self.dual_gap_ = res.dual_gap
         self.objective_ = res.objective

@@ -95,9 +95,15 @@ class LiftedOperator:
     block_shape : tuple (P, R, L)
     chunk_rows : int or None
         ``None`` materialises the features; otherwise samples per chunk.
+    center : array of shape (n,) or None
+        Sample weights (summing to one) to centre the features with. With an unpenalised
+        intercept, ``o = Phi Z + b = (Phi - mean) Z + (b + mean Z)``: the centred program
+        has the same optimal value and ``Z``, while the constant directions of ``Phi``
+        (for example positional features, identical in every sample) no longer inflate the
+        Lipschitz constant. :meth:`intercept_shift` maps the intercept back.
     """
 
-    def __init__(self, feature_map, X, block_shape, chunk_rows=None):
+    def __init__(self, feature_map, X, block_shape, chunk_rows=None, center=None):
         self.xp = get_namespace(X)
         self.feature_map = feature_map
         self.X = X
@@ -106,8 +112,25 @@ class LiftedOperator:
         self.n_lifted = math.prod(self.block_shape)
         self.chunk_rows = chunk_rows
         self.Phi = None
+        self.mean = None
         if chunk_rows is None:
             self.Phi = self._features(0, self.n_samples)
+        if center is not None:
+            if self.Phi is not None:
+                self.mean = center @ self.Phi
+                self.Phi = self.Phi - self.mean[None, :]
+            else:
+                self.mean = sum(
+                    center[a:b] @ self._features(a, b) for a, b in self._chunks()
+                )
+
+    def intercept_shift(self, Z):
+        """``mean . Z`` (shape ``(c,)``): the true intercept is the centred one minus this."""
+        xp = self.xp
+        if self.mean is None:
+            return xp.zeros((Z.shape[-1] // self.block_shape[2],), dtype=Z.dtype)
+        c = Z.shape[-1] // self.block_shape[2]
+        return self.mean @ xp.reshape(Z, (self.n_lifted, c))
 
     def _features(self, start, stop):
         Phi = self.feature_map(self.X[start:stop, ...])
@@ -125,7 +148,10 @@ class LiftedOperator:
         Zm = xp.reshape(Z, (self.n_lifted, c))
         if self.Phi is not None:
             return self.Phi @ Zm
-        return xp.concat([self._features(a, b) @ Zm for a, b in self._chunks()], axis=0)
+        O = xp.concat([self._features(a, b) @ Zm for a, b in self._chunks()], axis=0)
+        if self.mean is not None:
+            O = O - (self.mean @ Zm)[None, :]
+        return O
 
     def adjoint(self, U):
         """``sum_i Phi_i (x) U_i`` reshaped to blocks ``(P, R, L c)``; ``U`` is ``(n, c)``."""
@@ -139,4 +165,6 @@ class LiftedOperator:
             for a, b in self._chunks():
                 part = self._features(a, b).T @ U[a:b, ...]
                 G = part if G is None else G + part
+            if self.mean is not None:
+                G = G - self.mean[:, None] * xp.sum(U, axis=0)[None, :]
         return xp.reshape(G, (P, R, L * c))

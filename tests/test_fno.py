@@ -219,7 +219,7 @@ def test_float32_features_and_fit():
 def test_full_spectrum_equals_no_truncation(s, activation):
     X, y, _ = tiny_problem(3, n=24, s=s, d=2, seed=1)
     kw = dict(alpha=2e-2, activation=activation, n_gates=3, random_state=0, device="cpu",
-              tol=1e-10, max_iter=20000)
+              tol=1e-9, max_iter=20000)
     full = ConvexFNOClassifier(**kw).fit(X, y)
     modes = ConvexFNOClassifier(n_modes=s // 2 + 1, **kw).fit(X, y)
     assert modes.coef_.shape == full.coef_.shape
@@ -263,7 +263,7 @@ def test_linear_fno_is_linear_head_on_mean_token(loss):
     ref, _ = cvxpy_optimum([xbar], y, sw, alpha, loss, penalty_scale=1 / math.sqrt(s))
     for n_modes in (None, 2):
         clf = ConvexFNOClassifier(alpha=alpha, activation="linear", n_modes=n_modes, loss=loss,
-                                  tol=1e-10, max_iter=20000, device="cpu")
+                                  tol=1e-9, max_iter=20000, device="cpu")
         clf.fit(X, y, sample_weight=sw)
         np.testing.assert_allclose(clf.objective_, ref, rtol=1e-6)
 
@@ -279,13 +279,13 @@ CONFIGS = {"plain": {}, "n_blocks=2": {"n_blocks": 2}, "n_modes=2": {"n_modes": 
 def test_matches_cvxpy(c, activation, loss, config):
     X, y, sw = tiny_problem(c)
     clf = ConvexFNOClassifier(activation=activation, n_gates=3, loss=loss, random_state=0,
-                              device="cpu", tol=1e-10, max_iter=20000, **CONFIGS[config])
+                              device="cpu", tol=1e-9, max_iter=20000, **CONFIGS[config])
     alpha = 0.2 * fit_quiet(clone_with(clf, max_iter=1), X, y, sample_weight=sw).alpha_max_
     clf.set_params(alpha=alpha).fit(X, y, sample_weight=sw)
     ref, O_ref = cvxpy_optimum(explicit_blocks(clf, X), y, sw, alpha, loss)
     assert abs(clf.objective_ - ref) <= 1e-6 * abs(ref)
     assert clf.dual_gap_ >= clf.objective_ - ref - 1e-9
-    assert clf.dual_gap_ <= 1e-10 * clf.objective_
+    assert clf.dual_gap_ <= 1e-9 * clf.objective_
     if loss == "squared_error":  # unique logits
         np.testing.assert_allclose(logits(clf, X), O_ref, atol=1e-4)
     else:  # unique probabilities
