@@ -8,6 +8,8 @@ solution with a duality gap.
 
 from .heads.attention import ConvexSelfAttentionClassifier
 from .heads.fno import ConvexFNOClassifier
+from .heads.mixer import ConvexMixerClassifier
+from .heads.mlp import ConvexMLPClassifier
 from .preprocessing import TokenPCA, TokenStandardScaler
 
 __version__ = "0.1.0.dev0"
@@ -15,6 +17,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ConvexSelfAttentionClassifier",
     "ConvexFNOClassifier",
+    "ConvexMixerClassifier",
+    "ConvexMLPClassifier",
     "TokenStandardScaler",
     "TokenPCA",
     "__version__",

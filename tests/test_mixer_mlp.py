@@ -80,8 +80,9 @@ def _explicit_phi(clf, X):
     n, s, d = X.shape
     g = clf.gates_
     if isinstance(clf, ConvexMixerClassifier):
-        M = np.ones((n, 1, s, d)) if not g else _explicit_mixer_masks(X, g["H"], g["mu"], g["sigma"])
-        return _explicit_mixer_phi(X, M)
+        if not g:
+            return _explicit_mixer_phi(X, np.ones((n, 1, s, d)))
+        return _explicit_mixer_phi(X, _explicit_mixer_masks(X, g["H"], g["mu"], g["sigma"]))
     D = np.ones((n, s, 1)) if not g else _explicit_mlp_sides(X, g["H"], g["c"])
     return _explicit_mlp_phi(X, D)
 
@@ -237,9 +238,10 @@ def _recover(Z, row_shape, col_shape):
     heads = []
     for Zp in Z:
         U, S, Vh = np.linalg.svd(Zp, full_matrices=False)
+        r = np.sqrt(S)
         heads.append(
             [
-                (np.sqrt(S[j]) * U[:, j].reshape(row_shape), np.sqrt(S[j]) * Vh[j].reshape(col_shape))
+                (r[j] * U[:, j].reshape(row_shape), r[j] * Vh[j].reshape(col_shape))
                 for j in range(S.size)
             ]
         )
@@ -290,8 +292,7 @@ def test_recovered_network_reproduces_convex_model(Est, activation):
     np.testing.assert_allclose(O, clf.decision_function(X), rtol=0, atol=1e-8)
     decay = sum((np.sum(W1**2) + np.sum(W2**2)) / 2 for block in heads for W1, W2 in block)
     np.testing.assert_allclose(decay, clf.block_norms().sum(), rtol=1e-10)
-    # the recovered net has the convex objective: its weight decay term is alpha * decay
-    assert np.count_nonzero(clf.block_norms() > 0) >= 1
+    assert decay > 0  # a non-trivial network
 
 
 # --------------------------------------------------------------------- transform
@@ -371,18 +372,18 @@ def _digits_tokens():
     "Est, params",
     [
         (ConvexMixerClassifier, dict(activation="linear", alpha=1e-3)),
-        (ConvexMixerClassifier, dict(activation="gated_relu", n_gates=4, alpha=1e-3)),
-        (ConvexMLPClassifier, dict(activation="gated_relu", n_gates=8, alpha=1e-4)),
+        (ConvexMixerClassifier, dict(activation="gated_relu", n_gates=2, alpha=1e-3)),
+        (ConvexMLPClassifier, dict(activation="gated_relu", n_gates=16, alpha=3e-4)),
         (ConvexMLPClassifier, dict(activation="gated_relu", n_gates=32, alpha=1e-4)),
     ],
-    ids=["mixer-linear", "mixer-gated4", "mlp-gated8", "mlp-gated32"],
+    ids=["mixer-linear", "mixer-gated2", "mlp-gated16", "mlp-gated32"],
 )
 def test_digits_accuracy(Est, params):
     from sklearn.model_selection import train_test_split
 
     X, y = _digits_tokens()
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
-    clf = Est(random_state=0, max_iter=3000, device="cpu", **params)
+    clf = Est(random_state=0, max_iter=2000, device="cpu", **params)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
