@@ -133,6 +133,7 @@ def fista(
     verbose=0,
     warn=True,
     step_growth=1.2,
+    grow_after=1,
 ):
     """Solve the convex program to a relative duality gap ``<= tol``.
 
@@ -156,6 +157,10 @@ def fista(
         Each iteration first tries the previous step times this factor, then halves it
         until the sufficient-decrease test holds (adaptive backtracking: the step follows
         the local curvature, which for the log-loss is often far below its global bound).
+    grow_after : int
+        The step is only grown after this many consecutive iterations without a
+        rejected trial (a rejected trial costs one more prox and forward product; growing
+        at every iteration measured fewest forward products on digit tokens).
     coef_init, intercept_init : arrays or None
         Warm start.
     verbose : int
@@ -189,6 +194,7 @@ def fista(
 
     y, by, Oy = x, b, Ox
     tau = 1.0
+    streak = 0
     history = {"iteration": [], "objective": [], "dual_gap": [], "time": []}
     t_start = time.perf_counter()
     converged = False
@@ -225,7 +231,10 @@ def fista(
         Uy = w[:, None] * datafit.raw_gradient(Oy, Y)
         g = op.adjoint(Uy)
         gb = xp.sum(Uy, axis=0) if fit_intercept else None
-        t *= step_growth
+        if streak >= grow_after:
+            t *= step_growth
+            streak = 0
+        streak += 1
         for _ in range(60):  # backtracking on the step size
             x_new, S = pen_op.prox(y - t * g, t * alpha)
             b_new = by - t * gb if fit_intercept else b
@@ -240,10 +249,13 @@ def fista(
             r = _vdot(y - x_new, x_new - x, xp)
             if fit_intercept:
                 r = r + _vdot(by - b_new, b_new - b, xp)
-            excess, restart = (float(v) for v in to_numpy(xp.stack([f_new - fy - quad, r])))
-            if math.isfinite(excess) and excess <= 10 * eps * (abs(float(to_numpy(fy))) + 1):
+            excess, restart, fy_host = (
+                float(v) for v in to_numpy(xp.stack([f_new - fy - quad, r, fy]))
+            )
+            if math.isfinite(excess) and excess <= 10 * eps * (abs(fy_host) + 1):
                 break
             t *= 0.5
+            streak = 0
         else:
             raise FloatingPointError(
                 "the line search found no step that decreases the objective (non-finite "
