@@ -45,7 +45,23 @@ class SolverResult:
 
 
 def _vdot(a, b, xp):
-    return xp.sum(a * b)
+    """Inner product accumulated in float64 (float32 sums of squares overflow and drift)."""
+    return xp.sum(xp.astype(a, xp.float64) * xp.astype(b, xp.float64))
+
+
+class _ScaledOperator:
+    """``Phi / kappa``: with ``Z' = kappa Z`` and ``alpha' = alpha / kappa`` the program,
+    its objective values and its duality gap are unchanged, while the features' curvature
+    is brought to that of the intercept (1), so a single step size suits both."""
+
+    def __init__(self, op, kappa):
+        self.op, self.kappa, self.block_shape = op, kappa, op.block_shape
+
+    def forward(self, Z):
+        return self.op.forward(Z) / self.kappa
+
+    def adjoint(self, U):
+        return self.op.adjoint(U) / self.kappa
 
 
 def prior_and_start(datafit, Y, w, fit_intercept):
@@ -93,6 +109,8 @@ def _lipschitz(op, Y, w, fit_intercept, start, n_iter=10):
     xp = get_namespace(Y)
     v = start
     vb = xp.ones((Y.shape[1],), dtype=Y.dtype) if fit_intercept else None
+    big = xp.max(xp.abs(v))
+    v = v / big if float(to_numpy(big)) > 0 else v  # keep float32 squares finite
     nrm = math.sqrt(float(to_numpy(_vdot(v, v, xp))) + (Y.shape[1] if fit_intercept else 0))
     if nrm == 0.0:
         v = xp.ones_like(v)
@@ -188,7 +206,21 @@ def fista(
     Ox = op.forward(x) + b[None, :]
     fx = datafit.value(Ox, Y, w)
 
-    lip = datafit.lipschitz * _lipschitz(op, Y, w, fit_intercept, G0)
+    kappa = 1.0
+    if fit_intercept:
+        # the features are centred (see LiftedOperator), so the curvature splits into the
+        # features' and the intercept's (= 1); scale the former to 1 as well
+        lam = _lipschitz(op, Y, w, False, G0)
+        if lam > 0 and math.isfinite(lam):
+            kappa = math.sqrt(lam)
+            op = _ScaledOperator(op, kappa)
+            alpha = alpha / kappa
+            G0 = G0 / kappa
+            x = x * kappa
+            pen = pen * kappa
+        lip = datafit.lipschitz * max(lam / kappa**2, 1.0) if lam > 0 else datafit.lipschitz
+    else:
+        lip = datafit.lipschitz * _lipschitz(op, Y, w, fit_intercept, G0)
     t = 1.0 / lip
     eps = float(np.finfo(to_numpy(Y).dtype).eps)
 
@@ -300,7 +332,7 @@ def fista(
             stacklevel=3,
         )
     return SolverResult(
-        coef=x,
+        coef=x / kappa if kappa != 1.0 else x,
         intercept=b,
         n_iter=it,
         objective=primal,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.utils import check_array
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import _num_samples, validate_data
 
 __all__ = ["check_tokens"]
 
@@ -34,23 +34,42 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None):
     Sets ``n_features_in_`` (the flattened width) and ``token_shape_`` at fit.
     """
     ndim = _ndim(X)
+    if ndim in (2, 3):
+        _check_not_empty(X, ndim)
+        if y is not None:
+            _check_n_labels(X, y)
     if ndim == 3:
-        X3 = check_array(
-            X, allow_nd=True, dtype=_FLOATS, input_name="X", estimator=estimator
-        )
+        with _explain_conversion(X):
+            X3 = check_array(
+                X,
+                allow_nd=True,
+                dtype=_FLOATS,
+                ensure_all_finite=False,
+                input_name="X",
+                estimator=estimator,
+            )
         n, s, d = X3.shape
         if not reset:
             _check_token_shape(estimator, (s, d))
         flat = X3.reshape(n, s * d)
         if y is None:
-            validate_data(estimator, flat, reset=reset, dtype=_FLOATS)
+            validate_data(estimator, flat, reset=reset, dtype=_FLOATS, ensure_all_finite=False)
         else:
-            _, y = validate_data(estimator, flat, y, reset=reset, dtype=_FLOATS)
+            _, y = validate_data(
+                estimator, flat, y, reset=reset, dtype=_FLOATS, ensure_all_finite=False
+            )
+        _check_finite(X3)
     elif ndim == 2:
-        if y is None:
-            flat = validate_data(estimator, X, reset=reset, dtype=_FLOATS)
-        else:
-            flat, y = validate_data(estimator, X, y, reset=reset, dtype=_FLOATS)
+        with _explain_conversion(X):
+            if y is None:
+                flat = validate_data(
+                    estimator, X, reset=reset, dtype=_FLOATS, ensure_all_finite=False
+                )
+            else:
+                flat, y = validate_data(
+                    estimator, X, y, reset=reset, dtype=_FLOATS, ensure_all_finite=False
+                )
+        _check_finite(flat)
         n, f = flat.shape
         if reset:
             s = 1 if n_tokens is None else int(n_tokens)
@@ -88,3 +107,118 @@ def _check_token_shape(estimator, shape):
             "number of tokens and features per token as at fit (the same token PCA, patch "
             "size and positional features)."
         )
+
+
+_AXES = {
+    3: ("n_samples", "n_tokens", "n_features"),
+    2: ("n_samples", "n_tokens * n_features"),
+}
+
+
+def _check_not_empty(X, ndim):
+    """An empty axis, named in the message (the 3-D shape, not the flattened one)."""
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        shape = np.asarray(X).shape
+    shape = tuple(int(v) for v in shape)
+    empty = [name for name, size in zip(_AXES[ndim], shape) if size == 0]
+    if empty:
+        unit = "sample(s)" if shape[0] == 0 else "feature(s)"
+        raise ValueError(
+            f"X is empty: found array with 0 {unit} (shape={shape}) while a minimum of 1 "
+            "is required ("
+            + ", ".join(f"{name}=0" for name in empty)
+            + "). Pass at least one sample with at least one token of at least one "
+            "feature, as an array of shape (n_samples, n_tokens, n_features)."
+        )
+
+
+def _check_n_labels(X, y):
+    """One label per sample, said with both names (before any conversion)."""
+    try:
+        n_x, n_y = _num_samples(X), _num_samples(y)
+    except TypeError:  # a scalar y: validate_data says so
+        return
+    if n_x != n_y:
+        raise ValueError(
+            f"y has {n_y} labels but X has {n_x} samples: pass one label per sample, "
+            "y of shape (n_samples,) matching the first axis of X."
+        )
+
+
+def _check_finite(X):
+    """NaN or inf in the validated float array: say which, how many, and the fix."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(X)):  # a finite sum means every entry is finite
+            return
+    n_nan = int(np.count_nonzero(np.isnan(X)))
+    n_inf = int(np.count_nonzero(np.isinf(X)))
+    if not n_nan and not n_inf:  # the sum overflowed; the entries are finite
+        return
+    what = []
+    if n_nan:
+        what.append(f"NaN ({n_nan} value{'s' * (n_nan > 1)})")
+    if n_inf:
+        what.append(f"infinity ({n_inf} value{'s' * (n_inf > 1)})")
+    raise ValueError(
+        f"Input X contains {' and '.join(what)}; the token features must be finite. "
+        "Impute missing values (e.g. sklearn.impute.SimpleImputer on "
+        "X.reshape(-1, n_features)), drop the affected samples, or replace infinite "
+        "values (np.nan_to_num, clipping) before calling this method."
+    )
+
+
+class _explain_conversion:
+    """Re-raise a failed conversion of ``X`` to floats with a message naming ``X`` and
+    the fix: complex input, and non-numeric (object, string) input. Other errors pass
+    through unchanged."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not issubclass(exc_type, (TypeError, ValueError)):
+            return False
+        kinds = _dtype_kinds(self.X)
+        if "c" in kinds and "omplex" in str(exc):
+            raise ValueError(
+                "Complex data not supported: X has a complex dtype, and the heads need "
+                "real token features. Pass real features, e.g. the real and imaginary "
+                "parts as separate features, np.concatenate([X.real, X.imag], axis=-1), "
+                "or the magnitudes np.abs(X)."
+            ) from exc
+        if kinds & set("OUSV") and not _converts(self.X):
+            # keep the kind of error numpy gave (TypeError for e.g. a dict in the array)
+            new_type = ValueError if issubclass(exc_type, ValueError) else TypeError
+            raise new_type(
+                f"X must hold numbers only (float, int or bool), but converting it to "
+                f"float failed ({exc}). Encode non-numeric token features as numbers first "
+                "(e.g. with sklearn.preprocessing.OrdinalEncoder) or pass a float array."
+            ) from exc
+        return False
+
+
+def _dtype_kinds(X):
+    """The dtype kinds of ``X`` (several for a DataFrame); only called on errors."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is not None and not isinstance(dtypes, np.dtype):
+        return {np.dtype(dt).kind if isinstance(dt, np.dtype) else "O" for dt in dtypes}
+    dtype = getattr(X, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(X).dtype
+        except Exception:
+            return set()
+    return {np.dtype(dtype).kind} if isinstance(dtype, np.dtype) else {"O"}
+
+
+def _converts(X):
+    """Whether ``X`` converts to float64 (only called on errors)."""
+    try:
+        np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True

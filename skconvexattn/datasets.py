@@ -70,13 +70,13 @@ def load_digits_tokens(
     patch position. The images are the real ones bundled with scikit-learn
     (:func:`sklearn.datasets.load_digits`); nothing is downloaded.
 
-    =================   ==============================================
-    Classes                                                         10
-    Samples total                                                 1797
-    Tokens per sample                            ``(8 // patch_size)**2``
-    Features per token    ``patch_size**2`` (+ ``n_tokens`` if positional)
-    Pixel features          [0, 1] floats (``scale=True``) or 0..16
-    =================   ==============================================
+    ==================  ==================================================
+    Classes             10
+    Samples total       1797
+    Tokens per sample   ``(8 // patch_size)**2``
+    Features per token  ``patch_size**2`` (+ ``n_tokens`` if positional)
+    Pixel features      [0, 1] floats (``scale=True``) or 0..16
+    ==================  ==================================================
 
     Parameters
     ----------

@@ -151,7 +151,7 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         ``(n_tokens, n_features)`` seen at fit.
     n_features_in_ : int
         Flattened width ``n_tokens * n_features``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features_in,)
         Names of the columns of a 2-D ``X`` given as a DataFrame with string column
         names.
 
@@ -310,13 +310,13 @@ class TokenPCA(TransformerMixin, BaseEstimator):
     ----------
     pca_ : sklearn.decomposition.PCA
         The PCA fitted on the stacked training tokens.
-    components_ : ndarray of shape (n_components_, n_features)
+    components_ : ndarray of shape (n_components, n_features)
         Principal axes in token-feature space.
-    explained_variance_ : ndarray of shape (n_components_,)
+    explained_variance_ : ndarray of shape (n_components,)
         Variance of the training tokens along each axis.
-    explained_variance_ratio_ : ndarray of shape (n_components_,)
+    explained_variance_ratio_ : ndarray of shape (n_components,)
         Fraction of the total token variance explained by each axis.
-    singular_values_ : ndarray of shape (n_components_,)
+    singular_values_ : ndarray of shape (n_components,)
         Singular values of the centred stacked tokens.
     mean_ : ndarray of shape (n_features,)
         Mean token over all training tokens.
@@ -328,7 +328,7 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         ``(n_tokens, n_features)`` seen at fit.
     n_features_in_ : int
         Flattened input width ``n_tokens * n_features``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features_in,)
         Names of the columns of a 2-D ``X`` given as a DataFrame with string column
         names.
 
@@ -449,8 +449,8 @@ class TokenPCA(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_tokens, n_components_) or \
-                (n_samples, n_tokens * n_components_)
+        X_new : ndarray of shape (n_samples, n_tokens, n_components) or \
+                (n_samples, n_tokens * n_components)
             The projected tokens, with the dimensionality and dtype of ``X``.
         """
         check_is_fitted(self)
@@ -468,8 +468,8 @@ class TokenPCA(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_tokens, n_components_) or \
-                (n_samples, n_tokens * n_components_)
+        X : array-like of shape (n_samples, n_tokens, n_components) or \
+                (n_samples, n_tokens * n_components)
             Projected tokens.
 
         Returns
