@@ -6,7 +6,10 @@ A head subclass supplies only what is specific to its architecture:
 * ``_draw_gates(rng, mu, sigma, s, d)`` -> dict of NumPy arrays (empty for ``linear``);
 * ``_feature_map(gates, xp)`` -> callable ``X (m, s, d) -> Phi (m, P, R, L)``;
 * ``_work_per_sample(s, d)``: scratch floats the feature map needs per sample;
-* ``_token_clusters(X)``: the ``transform`` output;
+* ``_token_clusters(X)``: the ``transform`` output, and ``_token_cluster_info()``: what
+  it is read from (:meth:`token_cluster_info`);
+* ``_to_nonconvex()``: the recovered network (:mod:`skconvexattn.nonconvex`);
+* optionally ``_init_gates(rng, X, w, mu, sigma)``: gates that look at the training tokens;
 * ``_head_name`` and ``_reduce_hint`` for messages.
 
 Everything else (validation, devices, memory planning, the solver, the fitted
@@ -94,6 +97,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _check_head_params(self, s, d):
         """Head-specific checks of parameters against the data shape."""
 
+    def _init_gates(self, rng, X, w, mu, sigma):
+        """The gates of a fit; heads whose gates look at the training tokens (``X`` of
+        shape ``(n, s, d)``, weights ``w`` summing to one) override this."""
+        return self._draw_gates(rng, mu, sigma, X.shape[1], X.shape[2])
+
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
@@ -168,7 +176,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if not warm:
             rng = check_random_state(self.random_state)
             mu, sigma = token_moments(X3, w)
-            self.gates_ = self._draw_gates(rng, mu, sigma, s, d)
+            self.gates_ = self._init_gates(rng, X3, w, mu, sigma)
         self.classes_ = classes
 
         xp = backend.xp
@@ -347,6 +355,38 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Nuclear norm of each fitted block (gate): its importance, shape ``(P,)``."""
         check_is_fitted(self)
         return to_numpy(BlockNuclearNorm().block_norms(np.asarray(self.coef_, dtype=np.float64)))
+
+    def token_cluster_info(self):
+        """What ``transform`` assigns token clusters from (see ``docs/clusters.rst``).
+
+        Returns
+        -------
+        info : :class:`~sklearn.utils.Bunch`
+            ``definition`` (a sentence), ``kind`` and the fitted quantities the cluster ids
+            are read from: for gated hyperplane heads the active gates in bit order with
+            their hyperplanes and importance ``||Z_p||_*``; see each head's Notes.
+        """
+        check_is_fitted(self)
+        return self._token_cluster_info()
+
+    def to_nonconvex(self):
+        """The non-convex network recovered from the fitted blocks (SPEC 2.4).
+
+        The compact SVD ``Z_p = sum_j sigma_j u_j v_j^T`` of every block gives one head (or
+        neuron) per singular value, ``W_1j = sqrt(sigma_j) u_j``, ``W_2j = sqrt(sigma_j) v_j``
+        reshaped to the architecture's weights. The network's own forward pass (written as
+        the non-convex architecture, not through lifted features) reproduces
+        :meth:`decision_function`, and its weight decay equals ``sum_p ||Z_p||_*``, so its
+        objective equals ``objective_``: the convex optimum certified by ``dual_gap_``.
+
+        Returns
+        -------
+        net : :class:`~skconvexattn.nonconvex.RecoveredNetwork`
+            With ``decision_function``, ``objective``, ``weight_decay``, ``n_heads`` and
+            ``to_torch()``.
+        """
+        check_is_fitted(self)
+        return self._to_nonconvex()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["token_moments", "hyperplane_gates"]
+__all__ = ["token_moments", "hyperplane_gates", "prototype_gates"]
 
 
 def token_moments(X, w):
@@ -39,4 +39,101 @@ def hyperplane_gates(rng, n_gates, mu, sigma, spread=0.5):
     anchors = mu + spread * sigma * rng.standard_normal((n_gates, d))
     H = Hs / sigma
     c = -np.einsum("pd,pd->p", H, anchors)
+    return H, c
+
+
+def prototype_gates(rng, n_gates, X, w, mu, sigma, n_refine=5, chunk_tokens=65536):
+    """Token-space hyperplanes that each separate a *prototype region* from the mean token.
+
+    In standardised coordinates ``u = (x - mu) / sigma`` (the origin is the mean token),
+    gate by gate:
+
+    1. the seed prototype ``a_p`` is a training token drawn with probability proportional
+       to its sample weight among the tokens not yet *covered* (on side 1 of an earlier
+       gate; once every token is covered, coverage starts afresh), so that successive gates
+       spread over the regions of the data. The draw is made without depending on the
+       order of the samples: the tokens are sorted along a random direction ``z_p`` and the
+       seed is the one at a uniform random quantile ``q_p`` of their weight;
+    2. ``n_refine`` times, replace ``a_p`` by the weighted mean of the training tokens that
+       are closer to ``a_p`` than to the origin (a two-centre Lloyd step, one centre pinned
+       at the mean token), which moves ``a_p`` to the centre of its region of tokens;
+    3. the gate is the perpendicular bisector of the origin and ``a_p``: side 1 is
+       ``||u - a_p|| <= ||u||``, i.e. the tokens nearer the prototype than the mean token.
+
+    When the tokens form well-separated latent clusters, each gate is then (nearly) the
+    indicator of one cluster, so the sides of a few gates name the clusters and attention
+    through a gate stays inside a cluster. Randomness comes from ``random_state`` alone;
+    samples of zero weight are ignored, and the construction is invariant to permuting or
+    duplicating samples (up to exact distance ties), equivalent under integer sample
+    weights, and, like :func:`hyperplane_gates`, invariant to feature units.
+
+    Parameters
+    ----------
+    rng : numpy.random.RandomState
+    n_gates : int
+    X : ndarray of shape (n, s, d)
+        Training tokens.
+    w : ndarray of shape (n,)
+        Sample weights (non-negative).
+    mu, sigma : ndarray of shape (d,)
+        Token moments (:func:`token_moments`).
+    n_refine : int, default=5
+        Lloyd steps moving each prototype to the centre of its region.
+    chunk_tokens : int
+        Tokens processed at a time (bounds the scratch memory).
+
+    Returns
+    -------
+    H : ndarray of shape (n_gates, d)
+    c : ndarray of shape (n_gates,)
+        Side 1 of gate ``p`` is ``H[p] . x + c[p] >= 0``; the normal has unit norm in
+        standardised coordinates, as for :func:`hyperplane_gates`.
+    """
+    n, s, d = X.shape
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    keep = np.asarray(w) > 0
+    Xk = X[keep].reshape(-1, d)
+    tw = np.repeat(np.asarray(w, dtype=np.float64)[keep], s)
+    N = Xk.shape[0]
+    Zs = rng.standard_normal((n_gates, d))
+    qs = rng.uniform(size=n_gates)
+
+    def chunks():
+        for start in range(0, N, chunk_tokens):
+            yield start, (Xk[start : start + chunk_tokens].astype(np.float64) - mu) / sigma
+
+    covered = np.zeros(N, dtype=bool)
+    A = np.zeros((n_gates, d))
+    for p in range(n_gates):
+        if covered.all():
+            covered[:] = False
+        # 1. an uncovered training token, drawn with probability proportional to its weight:
+        #    the one at the random quantile q_p of the weight along the direction z_p
+        proj = np.concatenate([U @ Zs[p] for _, U in chunks()])
+        cand = np.flatnonzero(~covered)
+        order = cand[np.argsort(proj[cand], kind="stable")]
+        cum = np.cumsum(tw[order])
+        j = order[min(int(np.searchsorted(cum, qs[p] * cum[-1])), order.size - 1)]
+        a = (Xk[j].astype(np.float64) - mu) / sigma
+        # 2. move it to the mean of the tokens nearer to it than to the mean token
+        for _ in range(n_refine):
+            total, acc = 0.0, np.zeros(d)
+            for start, U in chunks():
+                near = U @ a - 0.5 * (a @ a) > 0
+                ww = tw[start : start + U.shape[0]] * near
+                total += ww.sum()
+                acc += ww @ U
+            if total <= 0:
+                break
+            a = acc / total
+        A[p] = a
+        covered[j] = True
+        for start, U in chunks():
+            covered[start : start + U.shape[0]] |= U @ a - 0.5 * (a @ a) >= 0
+    # 3. bisector of the origin and a_p, written in raw token coordinates
+    norm = np.linalg.norm(A, axis=1)
+    norm[norm == 0] = 1.0  # degenerate (all tokens equal): a hyperplane through mu
+    H = A / norm[:, None] / sigma
+    c = -H @ mu - 0.5 * np.linalg.norm(A, axis=1)
     return H, c

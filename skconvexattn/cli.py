@@ -77,7 +77,7 @@ class _MeanTokenLogistic:
 def demo(
     alpha=1e-3,
     n_gates=4,
-    tol=1e-3,
+    tol=1e-2,
     max_iter=3000,
     test_size=0.3,
     random_state=0,
@@ -774,7 +774,12 @@ def _build_parser():
     )
     p.add_argument("--alpha", type=float, default=1e-3, help="regularisation (default 1e-3)")
     p.add_argument("--n-gates", type=int, default=4, help="gates of the gated heads (default 4)")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative duality gap to stop at")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-2,
+        help="relative duality gap to stop at (default 1e-2; 1e-4 certifies tighter, slower)",
+    )
     p.add_argument("--max-iter", type=int, default=3000, help="solver iteration cap")
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument(

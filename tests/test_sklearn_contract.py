@@ -23,7 +23,9 @@ ESTIMATORS = [
 for _name in ("ConvexMixerClassifier", "ConvexFNOClassifier", "ConvexMLPClassifier"):
     if hasattr(skconvexattn, _name):
         _cls = getattr(skconvexattn, _name)
-        ESTIMATORS.append(_cls(random_state=0, n_gates=2, max_iter=200))
+        # default n_gates (8): with 2 gates the per-token MLP head is too coarse for
+        # check_classifiers_train's 0.83 accuracy bar on one-token blobs
+        ESTIMATORS.append(_cls(random_state=0, max_iter=200))
         ESTIMATORS.append(_cls(activation="linear", random_state=0, max_iter=200))
 
 

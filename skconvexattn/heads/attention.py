@@ -22,10 +22,12 @@ mask is all ones and ``Phi = xbar (x) X^T X``.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils import Bunch
+from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
 from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
-from .._gates import hyperplane_gates
+from .._gates import hyperplane_gates, prototype_gates
 
 __all__ = ["ConvexSelfAttentionClassifier", "self_attention_features", "token_sides"]
 
@@ -92,6 +94,16 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         both lie on the same side of its hyperplane (latent clusters).
     n_gates : int, default=8
         Number of gates (blocks) for ``activation="gated_relu"``.
+    gate_init : {"random", "prototypes"}, default="random"
+        How the gate hyperplanes are drawn (from ``random_state``). ``"random"``: Gaussian
+        normals in standardised token coordinates, through a random point near the mean
+        token. ``"prototypes"``: each hyperplane separates a prototype region of the
+        training tokens from the mean token (the perpendicular bisector of the mean token
+        and a prototype: the training token nearest a random point, moved to the mean of
+        the tokens nearer to it than to the mean token), see
+        :func:`~skconvexattn._gates.prototype_gates`. With latent token clusters each such
+        gate is close to one cluster's indicator: attention stays inside clusters and
+        ``transform`` recovers them (``docs/clusters.rst``).
     loss : {"log_loss", "squared_error"}, default="log_loss"
         Multinomial logistic loss on the pooled logits, or squared error against one-hot
         targets.
@@ -144,21 +156,36 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     Notes
     -----
-    ``transform`` returns token clusters. Gated: bit ``j`` of a token's id is its side of
-    the ``j``-th most important active gate (gates ordered by ``||Z_p||_*``), so ids name
-    the same region of token space in every sample. Linear: the id is the leading
-    recovered head (singular vector of ``Z``) that gives the token the largest attention
-    mass ``|s xbar^T W_1j x_t|``.
+    ``transform`` returns token clusters, a function of the fitted solution and of the
+    token alone, so an id names the same region of token space in every sample (see
+    ``docs/clusters.rst`` and :meth:`token_cluster_info`). Gated: bit ``j`` of a token's id
+    is its side of the ``j``-th most important active gate (gates ordered by
+    ``||Z_p||_*``, zero blocks ignored); tokens with the same id attend to each other
+    through every active gate. With ``gate_init="prototypes"`` the gates follow the
+    latent clusters of the training tokens, and the ids recover them. Linear: the id is
+    the leading recovered head (singular vector of ``Z``) that reads the token most
+    strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||``.
+
+    :meth:`to_nonconvex` returns the recovered non-convex attention network (SPEC 2.4),
+    whose own forward pass reproduces the logits and whose weight-decay objective equals
+    ``objective_``.
 
     Examples
     --------
     >>> from skconvexattn import ConvexSelfAttentionClassifier
     >>> from skconvexattn.datasets import make_token_clusters
     >>> X, y = make_token_clusters(n_samples=60, random_state=0, return_X_y=True)
-    >>> clf = ConvexSelfAttentionClassifier(n_gates=2, random_state=0).fit(X, y)
-    >>> clf.dual_gap_ <= 1e-4 * clf.objective_
+    >>> clf = ConvexSelfAttentionClassifier(alpha=0.1, n_gates=2, random_state=0).fit(X, y)
+    >>> bool(clf.dual_gap_ <= clf.tol * clf.objective_)  # certified optimal to 1e-4
     True
+    >>> clf.score(X, y)
+    1.0
     """
+
+    _parameter_constraints: dict = {
+        **BaseConvexHead._parameter_constraints,
+        "gate_init": [StrOptions({"random", "prototypes"})],
+    }
 
     _head_name = "self-attention"
     _reduce_hint = (
@@ -172,6 +199,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         *,
         activation="gated_relu",
         n_gates=8,
+        gate_init="random",
         loss="log_loss",
         fit_intercept=True,
         max_iter=1000,
@@ -187,6 +215,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         self.alpha = alpha
         self.activation = activation
         self.n_gates = n_gates
+        self.gate_init = gate_init
         self.loss = loss
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
@@ -212,6 +241,12 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
         return {"H": H, "c": c}
 
+    def _init_gates(self, rng, X, w, mu, sigma):
+        if self.activation == "gated_relu" and self.gate_init == "prototypes":
+            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
+            return {"H": H, "c": c}
+        return super()._init_gates(rng, X, w, mu, sigma)
+
     def _feature_map(self, gates, xp):
         if not gates:
             return self_attention_features
@@ -225,15 +260,63 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
             return sign_pattern_clusters(np.asarray(sides), norms)
         return _leading_head_clusters(X, self.coef_[0], self.token_shape_[1])
 
+    def _token_cluster_info(self):
+        norms = self.block_norms()
+        if self.activation == "gated_relu":
+            order = _active_order(norms)
+            return Bunch(
+                kind="gate_sides",
+                definition=(
+                    "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
+                    "most important active gate; tokens with the same id attend to each "
+                    "other through every active gate"
+                ),
+                gates=order,
+                hyperplanes=self.gates_["H"][order],
+                offsets=self.gates_["c"][order],
+                importance=norms[order],
+                block_norms=norms,
+            )
+        d = self.token_shape_[1]
+        c = self.classes_.shape[0]
+        U, S, Vh = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
+        k = _active_order(S)[:_MAX_HEADS]
+        return Bunch(
+            kind="leading_heads",
+            definition=(
+                "the id is the rank of the recovered head j (among the leading ones) that "
+                "reads the token most strongly, argmax_j sigma_j ||U_j x|| ||V_j^T x||"
+            ),
+            heads=np.arange(k.size),
+            singular_values=S[k],
+            query_key=U[:, k].T.reshape(k.size, d, d),
+            value_output=Vh[k].reshape(k.size, d, c),
+            block_norms=norms,
+        )
 
-def _leading_head_clusters(X, Z, d, max_heads=8):
-    """Linear attention: the leading head (by singular value) giving each token the
-    largest attention mass ``sigma_j |s xbar^T W_1j x_t|``."""
-    U, S, _ = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
+    def _to_nonconvex(self):
+        from ..nonconvex import SelfAttentionNetwork
+
+        return SelfAttentionNetwork._from_estimator(self)
+
+
+_MAX_HEADS = 8
+
+
+def _leading_head_clusters(X, Z, d, max_heads=_MAX_HEADS):
+    """Linear attention: the leading recovered head (by singular value) that reads the
+    token most strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||`` with ``U_j``
+    (``(d, d)``, query-key) and ``V_j`` (``(d, c)``, value-output) the unit-norm reshapes of
+    the singular vectors: the token's key response times its value, a function of the
+    token alone (the same token gets the same id in every sample)."""
+    U, S, Vh = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
     k = _active_order(S)[:max_heads]
     if k.size == 0:
         return np.zeros(X.shape[:2], dtype=np.int64)
-    W1 = U[:, k].T.reshape(k.size, d, d)  # (heads, d, d)
-    q = X.sum(axis=1)  # (n, d): s * xbar
-    mass = np.einsum("na,jak,ntk->ntj", q, W1, X) * S[k]
-    return np.argmax(np.abs(mass), axis=2)
+    c = Vh.shape[1] // d
+    W1 = U[:, k].T.reshape(k.size, d, d)  # (heads, d, d): rows a (query), columns k (key)
+    W2 = Vh[k].reshape(k.size, d, c)  # (heads, d, c)
+    X = np.asarray(X, dtype=np.float64)
+    key = np.linalg.norm(np.einsum("jak,ntk->ntja", W1, X), axis=3)  # ||U_j x_t||
+    val = np.linalg.norm(np.einsum("ntl,jlb->ntjb", X, W2), axis=3)  # ||V_j^T x_t||
+    return np.argmax(S[k] * key * val, axis=2)

@@ -49,6 +49,7 @@ from numbers import Integral
 
 import numpy as np
 from array_api_compat import device as _device
+from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
@@ -476,6 +477,44 @@ class ConvexFNOClassifier(BaseConvexHead):
             )
             return sign_pattern_clusters(np.transpose(np.asarray(D), (0, 2, 1)), norms)
         return self._leading_neuron_clusters(X)
+
+    def _token_cluster_info(self):
+        block_norms = self.block_norms()
+        norms = block_norms.reshape(self._n_gate_patterns(), self.n_blocks).sum(axis=1)
+        if self.activation == "gated_relu":
+            order = _active_order(norms)
+            return Bunch(
+                kind="gate_patterns",
+                definition=(
+                    "bit j of a token's id is its gate value D_p[t] for the j-th most "
+                    "important active gate (a sign of a global convolution of the sample: "
+                    "it depends on the token's circular neighbourhood)"
+                ),
+                gates=order,
+                kernels=self.gates_["H"][order],
+                mu=self.gates_["mu"],
+                sigma=self.gates_["sigma"],
+                importance=norms[order],
+                block_norms=block_norms,
+            )
+        neurons = self._neurons()[:8]
+        S = np.asarray([nrn["sigma"] for nrn in neurons])
+        keep = _active_order(S)
+        return Bunch(
+            kind="leading_neurons",
+            definition=(
+                "the id is the rank of the recovered neuron j (among the 8 leading ones) to "
+                "which the token contributes most, sigma_j |x . kappa_j|"
+            ),
+            neurons=keep,
+            singular_values=S[keep],
+            block_norms=block_norms,
+        )
+
+    def _to_nonconvex(self):
+        from ..nonconvex import FNONetwork
+
+        return FNONetwork._from_estimator(self)
 
     # ------------------------------------------------------------------ inspection
     def _neurons(self):

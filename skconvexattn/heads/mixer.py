@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import get_namespace
+from sklearn.utils import Bunch
+
 from .._base import BaseConvexHead, _active_order
 
 __all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks"]
@@ -263,6 +265,31 @@ class ConvexMixerClassifier(BaseConvexHead):
         s = self.token_shape_[0]
         ids = _mixing_clusters(self.coef_, s)
         return np.broadcast_to(ids, (X.shape[0], s)).copy()
+
+    def _token_cluster_info(self):
+        s = self.token_shape_[0]
+        Z = np.asarray(self.coef_, dtype=np.float64)
+        U, S, _ = np.linalg.svd(Z, full_matrices=False)
+        S_all = S.reshape(-1)
+        order = _active_order(S_all)
+        Uh = np.transpose(U, (0, 2, 1)).reshape(-1, s, s)[order]
+        return Bunch(
+            kind="token_positions",
+            definition=(
+                "token position t gets the rank of the recovered head j (all blocks, by "
+                "singular value) that mixes it most, argmax_j sigma_j ||U_j[:, t]||"
+            ),
+            position_clusters=_mixing_clusters(self.coef_, s),
+            blocks=order // S.shape[1],
+            singular_values=S_all[order],
+            position_scores=S_all[order][:, None] * np.linalg.norm(Uh, axis=1),
+            block_norms=self.block_norms(),
+        )
+
+    def _to_nonconvex(self):
+        from ..nonconvex import MixerNetwork
+
+        return MixerNetwork._from_estimator(self)
 
 
 def _mixing_clusters(coef, s):

@@ -18,10 +18,12 @@ linear model on the mean token ``xbar_i``.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils import Bunch
+from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
 from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
-from .._gates import hyperplane_gates
+from .._gates import hyperplane_gates, prototype_gates
 from .attention import token_sides
 
 __all__ = ["ConvexMLPClassifier", "mlp_features"]
@@ -75,6 +77,12 @@ class ConvexMLPClassifier(BaseConvexHead):
         ``p`` sees only the tokens on one side of its hyperplane.
     n_gates : int, default=8
         Number of gates (blocks) for ``activation="gated_relu"``.
+    gate_init : {"random", "prototypes"}, default="random"
+        How the gate hyperplanes are drawn (from ``random_state``): ``"random"`` Gaussian
+        normals through a random point near the mean token, or ``"prototypes"``
+        hyperplanes that each separate a prototype region of the training tokens from
+        the mean token (:func:`~skconvexattn._gates.prototype_gates`), which follow latent
+        token clusters (see :class:`~skconvexattn.ConvexSelfAttentionClassifier`).
     loss : {"log_loss", "squared_error"}, default="log_loss"
         Multinomial logistic loss on the pooled logits, or squared error against one-hot
         targets.
@@ -139,7 +147,9 @@ class ConvexMLPClassifier(BaseConvexHead):
     the ``j``-th most important active gate (gates ordered by ``||Z_p||_*``, zero blocks
     ignored), so ids name the same region of token space in every sample. Linear: the id
     is the rank of the recovered neuron (singular vector of ``Z``, among the 8 leading
-    ones) with the largest response ``sigma_j |u_j . x_t|`` to the token.
+    ones) with the largest response ``sigma_j |u_j . x_t|`` to the token. See
+    ``docs/clusters.rst`` and :meth:`token_cluster_info`; :meth:`to_nonconvex` returns the
+    recovered gated-ReLU MLP.
 
     Examples
     --------
@@ -155,6 +165,11 @@ class ConvexMLPClassifier(BaseConvexHead):
     (2, 4)
     """
 
+    _parameter_constraints: dict = {
+        **BaseConvexHead._parameter_constraints,
+        "gate_init": [StrOptions({"random", "prototypes"})],
+    }
+
     _head_name = "token MLP"
     _reduce_hint = "n_gates or n_features (TokenPCA before the head)"
 
@@ -164,6 +179,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         *,
         activation="gated_relu",
         n_gates=8,
+        gate_init="random",
         loss="log_loss",
         fit_intercept=True,
         max_iter=1000,
@@ -179,6 +195,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         self.alpha = alpha
         self.activation = activation
         self.n_gates = n_gates
+        self.gate_init = gate_init
         self.loss = loss
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
@@ -204,6 +221,12 @@ class ConvexMLPClassifier(BaseConvexHead):
         H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
         return {"H": H, "c": c}
 
+    def _init_gates(self, rng, X, w, mu, sigma):
+        if self.activation == "gated_relu" and self.gate_init == "prototypes":
+            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
+            return {"H": H, "c": c}
+        return super()._init_gates(rng, X, w, mu, sigma)
+
     def _feature_map(self, gates, xp):
         if not gates:
             return mlp_features
@@ -217,6 +240,41 @@ class ConvexMLPClassifier(BaseConvexHead):
             )
             return sign_pattern_clusters(np.asarray(sides), self.block_norms())
         return _leading_neuron_clusters(X, self.coef_[0])
+
+    def _token_cluster_info(self):
+        norms = self.block_norms()
+        if self.activation == "gated_relu":
+            order = _active_order(norms)
+            return Bunch(
+                kind="gate_sides",
+                definition=(
+                    "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
+                    "most important active gate"
+                ),
+                gates=order,
+                hyperplanes=self.gates_["H"][order],
+                offsets=self.gates_["c"][order],
+                importance=norms[order],
+                block_norms=norms,
+            )
+        U, S, _ = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
+        k = _active_order(S)[:8]
+        return Bunch(
+            kind="leading_neurons",
+            definition=(
+                "the id is the rank of the recovered neuron j (among the 8 leading ones) with "
+                "the largest response sigma_j |u_j . x| to the token"
+            ),
+            neurons=np.arange(k.size),
+            singular_values=S[k],
+            directions=U[:, k].T,
+            block_norms=norms,
+        )
+
+    def _to_nonconvex(self):
+        from ..nonconvex import TokenMLPNetwork
+
+        return TokenMLPNetwork._from_estimator(self)
 
 
 def _leading_neuron_clusters(X, Z, max_heads=8):

@@ -1,0 +1,253 @@
+"""Shared helpers of the benchmark scripts: environment record, data, objectives, timing,
+JSON output and tables.
+
+Every script has ``main(argv=None)`` taking ``--size {tiny,quick,full}`` and ``--out DIR``;
+it writes ``DIR/<name>_<size>.json`` (default ``benchmarks/results``) and prints a short
+table. Speeds are reported as ratios against a reference run in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = ("tiny", "quick", "full")
+
+
+# ----------------------------------------------------------------------------- CLI / env
+def parse_args(argv, description, extra=None):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--size", choices=SIZES, default="quick")
+    p.add_argument("--out", default=str(RESULTS), help="folder of the JSON results")
+    p.add_argument("--repeat", type=int, default=None, help="timing repeats (median)")
+    if extra is not None:
+        extra(p)
+    return p.parse_args(argv)
+
+
+def environment():
+    """What a timing depends on: threads, BLAS, versions, machine."""
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+        "numpy": np.__version__,
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer")}
+            for d in threadpool_info()
+        ]
+    except Exception:  # pragma: no cover
+        pass
+    for mod in ("scipy", "sklearn", "cvxpy", "clarabel", "scs", "torch", "scnn"):
+        try:
+            m = __import__(mod)
+            info[mod] = getattr(m, "__version__", "installed")
+        except Exception:
+            info[mod] = None
+    import skconvexattn
+
+    info["skconvexattn"] = skconvexattn.__version__
+    return info
+
+
+def write_json(args, name, payload):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "size": args.size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "environment": environment(),
+        **payload,
+    }
+    path = out / f"{name}_{args.size}.json"
+    path.write_text(json.dumps(_jsonable(payload), indent=1))
+    print(f"-> {path}")
+    return path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def table(rows, columns, title=None):
+    """Print ``rows`` (dicts) as a fixed-width table of ``columns``."""
+    if title:
+        print(f"\n== {title}")
+
+    def fmt(v):
+        if isinstance(v, float):
+            if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-2):
+                return f"{v:.3g}"
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for x in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(x, widths)))
+
+
+# ----------------------------------------------------------------------------- timing
+def timed(fn, repeat=3):
+    """Median wall time of ``fn()`` over ``repeat`` runs, and the last result."""
+    times, out = [], None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def min_time(fn, repeat=3):
+    """Minimum wall time of ``fn()`` over ``repeat`` runs."""
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def quiet():
+    """Context: ignore ConvergenceWarning/UserWarning noise inside timed fits."""
+    cm = warnings.catch_warnings()
+    cm.__enter__()
+    warnings.simplefilter("ignore")
+    return cm
+
+
+# ----------------------------------------------------------------------------- data
+def make_data(n, s, d, c=2, seed=0):
+    """Token data with a planted relational label (``make_token_clusters``)."""
+    from skconvexattn.datasets import make_token_clusters
+
+    X, y = make_token_clusters(
+        n_samples=n,
+        n_tokens=max(s, 4),
+        n_features=d,
+        n_clusters=3,
+        n_classes=c,
+        random_state=seed,
+        return_X_y=True,
+    )
+    return np.ascontiguousarray(X[:, :s, :]), y
+
+
+HEADS = ("attention", "mixer", "fno", "mlp")
+
+
+def head_class(name):
+    if name == "attention":
+        from skconvexattn.heads.attention import ConvexSelfAttentionClassifier as cls
+    elif name == "mixer":
+        from skconvexattn.heads.mixer import ConvexMixerClassifier as cls
+    elif name == "fno":
+        from skconvexattn.heads.fno import ConvexFNOClassifier as cls
+    elif name == "mlp":
+        from skconvexattn.heads.mlp import ConvexMLPClassifier as cls
+    else:  # pragma: no cover
+        raise ValueError(name)
+    return cls
+
+
+def available_heads():
+    out = []
+    for h in HEADS:
+        try:
+            head_class(h)
+            out.append(h)
+        except ImportError:
+            pass
+    return out
+
+
+def lifted_features(est, X):
+    """The fitted head's lifted features ``(n, P, R, L)`` (uncentred, NumPy)."""
+    from array_api_compat import numpy as xp
+
+    gates = {k: np.asarray(v, dtype=X.dtype) for k, v in est.gates_.items()}
+    return np.asarray(est._feature_map(gates, xp)(X))
+
+
+def objective(Phi, Z, b, Y, alpha, loss):
+    """Convex objective (mean loss + alpha * sum of nuclear norms), float64."""
+    n, P, R, L = Phi.shape
+    c = Y.shape[1]
+    O = Phi.reshape(n, -1).astype(np.float64) @ np.asarray(Z, np.float64).reshape(P * R * L, c)
+    O = O + np.asarray(b, np.float64)[None, :]
+    if loss == "log_loss":
+        m = O.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(O - m).sum(axis=1)) + m[:, 0]
+        data = np.mean(lse - (O * Y).sum(axis=1))
+    else:
+        data = 0.5 * np.mean(((O - Y) ** 2).sum(axis=1))
+    nuc = sum(np.linalg.svd(np.asarray(Z[p], np.float64), compute_uv=False).sum() for p in range(P))
+    return float(data + alpha * nuc)
+
+
+def one_hot(y, classes):
+    Y = np.zeros((y.shape[0], classes.shape[0]))
+    Y[np.arange(y.shape[0]), np.searchsorted(classes, y)] = 1.0
+    return Y
+
+
+def time_to_objective(make_est, X, y, target, tols=None, repeat=3):
+    """Wall time of the cheapest cold fit (over decreasing ``tol``) whose objective is
+    ``<= target``: median over ``repeat`` runs of that ``tol``.
+
+    Returns ``(seconds, tol, objective, n_iter)``; seconds is ``inf`` if none reaches it.
+    """
+    tols = tols or [10.0**-k for k in range(3, 13)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tol in tols:
+            t0 = time.perf_counter()
+            est = make_est(tol).fit(X, y)
+            first = time.perf_counter() - t0
+            if est.objective_ <= target:
+                times = [first]
+                for _ in range(repeat - 1):
+                    t0 = time.perf_counter()
+                    make_est(tol).fit(X, y)
+                    times.append(time.perf_counter() - t0)
+                return float(np.median(times)), tol, float(est.objective_), int(est.n_iter_)
+    return math.inf, None, float(est.objective_), int(est.n_iter_)
+
+
+def ratio(a, b):
+    if not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
+        return math.inf if math.isfinite(b) or b <= 0 else float("nan")
+    return a / b

@@ -1,0 +1,563 @@
+"""Regularisation paths with cross-validation: one ``*CV`` estimator per head.
+
+``ConvexSelfAttentionClassifierCV`` (and the same for every head) is to its head what
+:class:`~sklearn.linear_model.LogisticRegressionCV` is to logistic regression: it fits a
+path of ``alphas`` on every cross-validation split, from the largest (the all-zero model)
+down to the smallest, each fit warm-started from the previous solution (and keeping the
+split's gates), scores every ``(split, alpha)`` pair on the held-out part, picks the alpha
+with the best mean score, and refits the head on all the data at that alpha.
+
+All ``*CV`` classes come from one mechanism: :func:`make_cv_estimator` builds the class for
+a head class, with the head's own parameters (except ``alpha`` and ``warm_start``) next to
+the path's and the cross-validation's. :func:`regularization_path` fits one warm-started
+path on one data set; the CV estimators call it on every split.
+
+Grid. ``alphas=k`` (an integer) means ``k`` values on a log grid from ``alpha_max_`` of the
+whole training set (the smallest alpha giving the all-zero model, computed once with the
+gates of the whole set) down to ``eps * alpha_max_``. The grid is shared by all the
+splits, so the selection is the one :class:`~sklearn.model_selection.GridSearchCV` over the
+same alphas and the same splits would make (ties go to the first, i.e. largest, alpha).
+
+Warm starts. Along a path the gates are drawn once (from ``random_state`` and the split's
+token moments, exactly as a cold fit of that split would draw them) and every fit starts
+from the previous alpha's weights and intercept. Solutions move little between close
+alphas, so a 10-value path typically costs about as much as one cold fit at its smallest
+alpha (see ``benchmarks/bench_paths.py``). The final refit on all data starts from the
+mean over the splits of their solutions at the selected alpha when the shapes agree (the
+splits' gates differ from the full set's only through the token moments, so the mean is
+a close, if not exact, starting point), and from zero otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._validation import check_tokens
+from .heads.attention import ConvexSelfAttentionClassifier
+from .heads.fno import ConvexFNOClassifier
+
+__all__ = [
+    "make_cv_estimator",
+    "regularization_path",
+    "alpha_grid",
+    "ConvexSelfAttentionClassifierCV",
+    "ConvexFNOClassifierCV",
+]
+
+# the head's fit warns when alpha >= alpha_max_ (all-zero model): expected at the top of a path
+_ZERO_MODEL_MSG = r".*alpha_max_.*all-zero"
+
+
+def alpha_grid(alpha_max, n_alphas=10, eps=1e-3):
+    """``n_alphas`` values on a log grid from ``alpha_max`` down to ``eps * alpha_max``.
+
+    Parameters
+    ----------
+    alpha_max : float
+        The largest value (the head's ``alpha_max_``).
+    n_alphas : int, default=10
+    eps : float, default=1e-3
+        Ratio of the smallest to the largest value.
+
+    Returns
+    -------
+    alphas : ndarray of shape (n_alphas,)
+        Decreasing.
+    """
+    if n_alphas == 1:
+        return np.array([float(alpha_max)])
+    return float(alpha_max) * np.logspace(0.0, np.log10(eps), int(n_alphas))
+
+
+def _fit_quietly(est, X, y, sample_weight):
+    """Fit, swallowing the all-zero-model warning; return whether it converged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=_ZERO_MODEL_MSG, category=UserWarning)
+        est.fit(X, y, sample_weight=sample_weight)
+    converged = True
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            converged = False
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return converged
+
+
+def _alpha_max(head, X, y, sample_weight):
+    """``alpha_max_`` of ``head`` on ``(X, y)``, and the fitted all-zero head.
+
+    A fit at an alpha far above any ``alpha_max_`` stops at iteration 0 (its duality gap
+    is zero), so this costs the lifted features and one gradient evaluation.
+    """
+    probe = clone(head).set_params(alpha=1e300, warm_start=True)
+    _fit_quietly(probe, X, y, sample_weight)
+    return float(probe.alpha_max_), probe
+
+
+def regularization_path(
+    estimator, X, y, alphas=10, *, eps=1e-3, sample_weight=None, scorer=None,
+    X_test=None, y_test=None, return_coefs=False,
+):
+    """Fit ``estimator`` along decreasing ``alphas``, each fit warm-started from the last.
+
+    Parameters
+    ----------
+    estimator : convex head (e.g. :class:`~skconvexattn.ConvexSelfAttentionClassifier`)
+        Template; it is cloned, not modified.
+    X : array-like of shape (n_samples, n_tokens, n_features) or flattened
+    y : array-like of shape (n_samples,)
+    alphas : int or array-like, default=10
+        Explicit values (fitted in decreasing order), or the number of values of
+        :func:`alpha_grid` from ``alpha_max_`` of ``(X, y)``.
+    eps : float, default=1e-3
+        Smallest over largest alpha when ``alphas`` is an integer.
+    sample_weight : array-like of shape (n_samples,), default=None
+    scorer : callable or None
+        ``scorer(estimator, X_test, y_test)``, evaluated after every fit.
+    X_test, y_test : held-out data for ``scorer``.
+    return_coefs : bool, default=False
+        Also return every fit's ``coef_`` and ``intercept_``.
+
+    Returns
+    -------
+    path : dict
+        ``alphas`` (decreasing), ``n_iter``, ``fit_time`` (seconds), ``objective``,
+        ``dual_gap``, ``converged``, ``scores`` (when ``scorer`` is given), ``coefs`` and
+        ``intercepts`` (when ``return_coefs``), and ``estimator``: the head fitted at the
+        last (smallest) alpha.
+    """
+    head = clone(estimator).set_params(warm_start=True)
+    if isinstance(alphas, Integral):
+        amax, head = _alpha_max(head, X, y, sample_weight)
+        alphas = alpha_grid(amax, alphas, eps)
+    else:
+        alphas = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
+    out = {k: [] for k in ("n_iter", "fit_time", "objective", "dual_gap", "converged")}
+    out.update(scores=[], coefs=[], intercepts=[])
+    for a in alphas:
+        head.set_params(alpha=float(a))
+        t0 = time.perf_counter()
+        converged = _fit_quietly(head, X, y, sample_weight)
+        out["fit_time"].append(time.perf_counter() - t0)
+        out["n_iter"].append(head.n_iter_)
+        out["objective"].append(head.objective_)
+        out["dual_gap"].append(head.dual_gap_)
+        out["converged"].append(converged)
+        if scorer is not None:
+            out["scores"].append(scorer(head, X_test, y_test))
+        if return_coefs:
+            out["coefs"].append(head.coef_.copy())
+            out["intercepts"].append(head.intercept_.copy())
+    path = {k: np.asarray(v) for k, v in out.items() if len(v) or k in ("n_iter",)}
+    path["alphas"] = np.asarray(alphas, dtype=np.float64)
+    path["estimator"] = head
+    return path
+
+
+def _path_on_split(template, X, y, sw, train, test, alphas, scorer, keep_coefs):
+    path = regularization_path(
+        template,
+        X[train],
+        y[train],
+        alphas,
+        sample_weight=None if sw is None else sw[train],
+        scorer=scorer,
+        X_test=X[test],
+        y_test=y[test],
+        return_coefs=keep_coefs,
+    )
+    path.pop("estimator")
+    path["classes"] = np.unique(y[train])
+    return path
+
+
+def _has_log_loss(est):
+    if est.loss != "log_loss":
+        raise AttributeError("predict_proba is only available with loss='log_loss'.")
+    return True
+
+
+def _refitted(est):
+    if not est.refit:
+        raise AttributeError(
+            "This method needs refit=True: with refit=False no model is fitted on the "
+            "whole data (use cv_results_ and alpha_ to fit one)."
+        )
+    return True
+
+
+class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
+    """Base of the ``*CV`` estimators (not for direct use; see :func:`make_cv_estimator`).
+
+    Subclasses set ``_head_class``; their constructor takes the path and
+    cross-validation parameters below plus every parameter of the head except ``alpha``
+    and ``warm_start``.
+    """
+
+    _head_class = None
+    _cv_param_names = ("alphas", "eps", "cv", "scoring", "n_jobs", "refit")
+    _cv_parameter_constraints: dict = {
+        "alphas": [Interval(Integral, 1, None, closed="left"), "array-like"],
+        "eps": [Interval(Real, 0, 1, closed="neither")],
+        "cv": ["cv_object"],
+        "scoring": [str, callable, None],
+        "n_jobs": [Integral, None],
+        "refit": ["boolean"],
+    }
+
+    # ------------------------------------------------------------------ helpers
+    def _head_params(self):
+        names = [n for n in self._head_class._get_param_names() if n not in ("alpha", "warm_start")]
+        return {n: getattr(self, n) for n in names}
+
+    def _make_head(self, **extra):
+        return self._head_class(**self._head_params(), **extra)
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the path on every split, select ``alpha_``, and refit on all the data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or \
+                (n_samples, n_tokens * n_features)
+            Token features.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to every fit (not to the scorer).
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        # validate here so that errors name this estimator and come before any fit
+        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens)
+        n = X3.shape[0]
+        sw = None
+        if sample_weight is not None:
+            sw = _check_sample_weight(sample_weight, X3.reshape(n, -1), ensure_non_negative=True)
+        template = self._make_head()
+        template.set_params(n_tokens=None)  # X3 is 3-D from here on
+        scorer = check_scoring(template, scoring=self.scoring)
+
+        if isinstance(self.alphas, Integral):
+            amax, probe = _alpha_max(template, X3, y, sw)
+            alphas = alpha_grid(amax, self.alphas, self.eps)
+        else:
+            alphas = np.asarray(self.alphas, dtype=np.float64).reshape(-1)
+            if alphas.size == 0 or not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
+                raise ValueError(
+                    "alphas must be a positive integer (grid size) or a non-empty list of "
+                    f"positive finite values; got {self.alphas!r}."
+                )
+            alphas = np.sort(alphas)[::-1]
+            probe = None
+
+        cv = check_cv(self.cv, y, classifier=True)
+        splits = list(cv.split(X3.reshape(n, -1), y))
+        keep_coefs = bool(self.refit)
+        paths = Parallel(n_jobs=self.n_jobs)(
+            delayed(_path_on_split)(template, X3, y, sw, train, test, alphas, scorer, keep_coefs)
+            for train, test in splits
+        )
+
+        self.alphas_ = alphas
+        self.scores_ = np.stack([p["scores"] for p in paths]).astype(np.float64)
+        self.n_iter_path_ = np.stack([p["n_iter"] for p in paths])
+        fit_times = np.stack([p["fit_time"] for p in paths])
+        converged = np.stack([p["converged"] for p in paths])
+        mean = np.average(self.scores_, axis=0)
+        std = np.sqrt(np.average((self.scores_ - mean) ** 2, axis=0))
+        rank = _rank_min(-mean)
+        self.best_index_ = int(np.argmin(rank))
+        self.alpha_ = float(alphas[self.best_index_])
+        self.best_score_ = float(mean[self.best_index_])
+        results = {
+            "param_alpha": alphas.copy(),
+            "params": [{"alpha": float(a)} for a in alphas],
+        }
+        for k in range(len(paths)):
+            results[f"split{k}_test_score"] = self.scores_[k]
+        results.update(
+            mean_test_score=mean,
+            std_test_score=std,
+            rank_test_score=rank,
+            mean_fit_time=fit_times.mean(axis=0),
+            std_fit_time=fit_times.std(axis=0),
+            mean_n_iter=self.n_iter_path_.mean(axis=0),
+        )
+        self.cv_results_ = results
+        if not converged.all():
+            bad = np.flatnonzero(~converged.all(axis=0))
+            warnings.warn(
+                f"{type(self).__name__}: {int((~converged).sum())} of {converged.size} path "
+                f"fits did not reach tol={self.tol:g} in max_iter={self.max_iter} (alphas "
+                f"{', '.join(f'{alphas[i]:.3g}' for i in bad)}). Increase max_iter, loosen "
+                "tol, or use larger alphas (a larger eps).",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+
+        if self.refit:
+            best = probe if probe is not None else clone(template).set_params(warm_start=True)
+            best.set_params(alpha=self.alpha_)
+            if probe is not None:
+                classes = np.unique(y)
+                same = [
+                    p["coefs"][self.best_index_]
+                    for p in paths
+                    if np.array_equal(p["classes"], classes)
+                    and p["coefs"][self.best_index_].shape == probe.coef_.shape
+                ]
+                if same:
+                    best.coef_ = np.mean(same, axis=0).astype(probe.coef_.dtype)
+                    best.intercept_ = np.mean(
+                        [
+                            p["intercepts"][self.best_index_]
+                            for p in paths
+                            if np.array_equal(p["classes"], classes)
+                            and p["coefs"][self.best_index_].shape == probe.coef_.shape
+                        ],
+                        axis=0,
+                    ).astype(probe.intercept_.dtype)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_ZERO_MODEL_MSG, category=UserWarning)
+                best.fit(X3, y, sample_weight=sw)
+            self.refit_time_ = time.perf_counter() - t0
+            self.refit_n_iter_ = int(best.n_iter_)
+            best.set_params(warm_start=False)
+            best.n_features_in_ = self.n_features_in_
+            best.token_shape_ = self.token_shape_
+            self.best_estimator_ = best
+            for attr in (
+                "classes_", "coef_", "intercept_", "gates_", "alpha_max_", "objective_",
+                "dual_gap_", "convergence_", "device_",
+            ):
+                setattr(self, attr, getattr(best, attr))
+        else:
+            self.classes_ = np.unique(y)
+            self.refit_n_iter_ = 0
+        # all the solver iterations this fit ran: the paths of every split, and the refit
+        self.n_iter_ = int(self.n_iter_path_.sum()) + self.refit_n_iter_
+        return self
+
+    # ------------------------------------------------------------------ predict
+    @available_if(_refitted)
+    def decision_function(self, X):
+        """Decision function of the refitted head (see the head's method)."""
+        check_is_fitted(self)
+        return self.best_estimator_.decision_function(self._flat_or_3d(X))
+
+    @available_if(_refitted)
+    def predict(self, X):
+        """Class labels predicted by the refitted head."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict(self._flat_or_3d(X))
+
+    @available_if(lambda est: _refitted(est) and _has_log_loss(est))
+    def predict_proba(self, X):
+        """Class probabilities of the refitted head (``loss='log_loss'``)."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict_proba(self._flat_or_3d(X))
+
+    @available_if(lambda est: _refitted(est) and _has_log_loss(est))
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict_log_proba(self._flat_or_3d(X))
+
+    @available_if(_refitted)
+    def transform(self, X):
+        """Token cluster assignments of the refitted head, shape ``(n_samples, n_tokens)``."""
+        check_is_fitted(self)
+        return self.best_estimator_.transform(self._flat_or_3d(X))
+
+    def _flat_or_3d(self, X):
+        # validate against this estimator (its n_features_in_ and token shape), then hand
+        # the head 3-D tokens
+        return check_tokens(self, X, reset=False)
+
+    def get_feature_names_out(self, input_features=None):
+        """One output name per token, as the head's."""
+        check_is_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}_token{t}" for t in range(self.token_shape_[0])], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+
+def _rank_min(values):
+    """``scipy.stats.rankdata(values, method='min')`` (what GridSearchCV ranks with)."""
+    from scipy.stats import rankdata
+
+    return rankdata(values, method="min").astype(np.int32)
+
+
+_CV_DOC = """{head} with the regularisation strength chosen by cross-validation.
+
+    Fits a warm-started path of ``alphas`` on every cross-validation split, picks the
+    alpha with the best mean held-out score and refits :class:`{module}.{head}` on all
+    the data (see :mod:`skconvexattn.model_selection`).
+
+    Parameters
+    ----------
+    alphas : int or array-like, default=10
+        Number of values on a log grid from ``alpha_max_`` (of the whole training set)
+        down to ``eps * alpha_max_``, or explicit positive values.
+    eps : float, default=1e-3
+        Ratio of the smallest to the largest alpha of the grid.
+    cv : int, cross-validation generator or iterable, default=None
+        As in :class:`~sklearn.model_selection.GridSearchCV` (``None``: 5-fold stratified).
+    scoring : str, callable or None, default=None
+        Scorer of the held-out splits (``None``: the head's ``score``, accuracy).
+    n_jobs : int or None, default=None
+        Splits fitted in parallel (joblib).
+    refit : bool, default=True
+        Refit the head on all the data at ``alpha_`` (needed to predict).
+    **head_params
+        Every other parameter of :class:`{module}.{head}` ({names}).
+
+    Attributes
+    ----------
+    alphas_ : ndarray of shape (n_alphas,)
+        The path, decreasing.
+    alpha_ : float
+        Selected alpha: the first (largest) with the best mean score.
+    scores_ : ndarray of shape (n_splits, n_alphas)
+        Held-out score of every split and alpha.
+    n_iter_path_ : ndarray of shape (n_splits, n_alphas)
+        Solver iterations of every path fit (warm-started; 0 where the start point was
+        already optimal, e.g. the all-zero model at ``alpha_max_``).
+    n_iter_ : int
+        All the solver iterations of the fit: the paths of every split and the refit.
+    refit_n_iter_ : int
+        Iterations of the refit on all the data (0 with ``refit=False``).
+    cv_results_ : dict of ndarray
+        ``param_alpha``, ``params``, ``split<k>_test_score``, ``mean_test_score``,
+        ``std_test_score``, ``rank_test_score`` (as GridSearchCV), ``mean_fit_time``,
+        ``std_fit_time``, ``mean_n_iter``.
+    best_index_ : int
+    best_score_ : float
+    best_estimator_ : {head}
+        The head refitted on all the data (``refit=True``).
+    refit_time_ : float
+    classes_, coef_, intercept_, gates_, alpha_max_, objective_, dual_gap_, convergence_, \
+device_
+        Those of ``best_estimator_``.
+    n_features_in_ : int
+    token_shape_ : tuple (n_tokens, n_features)
+    """
+
+
+def make_cv_estimator(head_class, name=None):
+    """Build the cross-validated ``*CV`` class of a convex head class.
+
+    Parameters
+    ----------
+    head_class : subclass of :class:`~skconvexattn._base.BaseConvexHead`
+    name : str, default=None
+        Class name (default: the head's name plus ``"CV"``).
+
+    Returns
+    -------
+    cls : type
+        A subclass of :class:`BaseConvexHeadCV` whose constructor takes ``alphas``,
+        ``eps``, ``cv``, ``scoring``, ``n_jobs``, ``refit`` and the head's parameters
+        except ``alpha`` and ``warm_start`` (all keyword arguments with the head's defaults).
+    """
+    name = name or head_class.__name__ + "CV"
+    head_sig = inspect.signature(head_class.__init__)
+    head_params = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in head_sig.parameters.values()
+        if p.name not in ("self", "alpha", "warm_start")
+    ]
+    P = inspect.Parameter
+    params = [
+        P("self", P.POSITIONAL_OR_KEYWORD),
+        P("alphas", P.POSITIONAL_OR_KEYWORD, default=10),
+        P("eps", P.KEYWORD_ONLY, default=1e-3),
+        P("cv", P.KEYWORD_ONLY, default=None),
+        P("scoring", P.KEYWORD_ONLY, default=None),
+        P("n_jobs", P.KEYWORD_ONLY, default=None),
+        P("refit", P.KEYWORD_ONLY, default=True),
+        *head_params,
+    ]
+    signature = inspect.Signature(params)
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for key, value in bound.arguments.items():
+            if key != "self":
+                setattr(self, key, value)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{name}.__init__"
+    constraints = {
+        **{k: v for k, v in head_class._parameter_constraints.items() if k not in ("alpha", "warm_start")},
+        **BaseConvexHeadCV._cv_parameter_constraints,
+    }
+    doc = _CV_DOC.format(
+        head=head_class.__name__,
+        module="skconvexattn",
+        names=", ".join(p.name for p in head_params),
+    )
+    cls = type(
+        name,
+        (BaseConvexHeadCV,),
+        {
+            "__init__": __init__,
+            "__doc__": doc,
+            "__module__": __name__,
+            "__qualname__": name,
+            "_head_class": head_class,
+            "_parameter_constraints": constraints,
+        },
+    )
+    return cls
+
+
+ConvexSelfAttentionClassifierCV = make_cv_estimator(ConvexSelfAttentionClassifier)
+ConvexFNOClassifierCV = make_cv_estimator(ConvexFNOClassifier)
+
+try:  # heads written in parallel: expose their CV classes once they are in the package
+    from .heads.mixer import ConvexMixerClassifier
+
+    ConvexMixerClassifierCV = make_cv_estimator(ConvexMixerClassifier)
+    __all__.append("ConvexMixerClassifierCV")
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from .heads.mlp import ConvexMLPClassifier
+
+    ConvexMLPClassifierCV = make_cv_estimator(ConvexMLPClassifier)
+    __all__.append("ConvexMLPClassifierCV")
+except ImportError:  # pragma: no cover
+    pass

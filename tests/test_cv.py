@@ -1,0 +1,182 @@
+"""Cross-validated regularisation paths (``skconvexattn.model_selection``)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skconvexattn import ConvexFNOClassifier, ConvexSelfAttentionClassifier
+from skconvexattn import model_selection as ms
+from skconvexattn.datasets import make_token_clusters
+
+CV_CLASSES = [
+    getattr(ms, name)
+    for name in (
+        "ConvexSelfAttentionClassifierCV",
+        "ConvexFNOClassifierCV",
+        "ConvexMixerClassifierCV",
+        "ConvexMLPClassifierCV",
+    )
+    if hasattr(ms, name)
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_token_clusters(n_samples=120, n_tokens=6, n_features=4, random_state=0,
+                               return_X_y=True)
+    return X, y
+
+
+# ------------------------------------------------------------------ sklearn contract
+# The common checks run on the FNO head's CV class: the CV mechanism is one class
+# (BaseConvexHeadCV) for every head, and the FNO lifted features stay small on the
+# checks' data (one token per row, up to 30 features), where the self-attention head's
+# d**3 features make every check slow.
+@parametrize_with_checks([ms.ConvexFNOClassifierCV(alphas=3, cv=3, n_gates=2, random_state=0, max_iter=200)])
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+@pytest.mark.parametrize("cls", CV_CLASSES, ids=lambda c: c.__name__)
+def test_one_mechanism_for_every_head(cls):
+    head = cls._head_class
+    assert issubclass(cls, ms.BaseConvexHeadCV)
+    head_params = set(head._get_param_names()) - {"alpha", "warm_start"}
+    cv_params = {"alphas", "eps", "cv", "scoring", "n_jobs", "refit"}
+    assert set(cls._get_param_names()) == head_params | cv_params
+    # the head's defaults are the CV class's defaults
+    est = cls()
+    for name in head_params:
+        assert getattr(est, name) == inspect.signature(head).parameters[name].default
+    assert clone(cls(alphas=4, n_gates=3)).get_params()["n_gates"] == 3
+    with pytest.raises(TypeError):
+        cls(alpha=1.0)
+
+
+# ------------------------------------------------------------------ selection
+@pytest.mark.parametrize(
+    "cv_cls, head",
+    [
+        (ms.ConvexSelfAttentionClassifierCV, ConvexSelfAttentionClassifier),
+        (ms.ConvexFNOClassifierCV, ConvexFNOClassifier),
+    ],
+    ids=["attention", "fno"],
+)
+def test_selected_alpha_equals_gridsearchcv(data, cv_cls, head):
+    X, y = data
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    params = dict(n_gates=2, random_state=0, tol=1e-8, max_iter=20000)
+    cv_est = cv_cls(alphas=6, eps=1e-3, cv=folds, **params).fit(X, y)
+    grid = GridSearchCV(head(**params), {"alpha": list(cv_est.alphas_)}, cv=folds).fit(X, y)
+    np.testing.assert_allclose(cv_est.cv_results_["mean_test_score"],
+                               grid.cv_results_["mean_test_score"], atol=1e-12)
+    for k in range(3):
+        np.testing.assert_allclose(cv_est.scores_[k], grid.cv_results_[f"split{k}_test_score"])
+    np.testing.assert_array_equal(cv_est.cv_results_["rank_test_score"],
+                                  grid.cv_results_["rank_test_score"])
+    assert cv_est.alpha_ == grid.best_params_["alpha"]
+    assert cv_est.best_index_ == grid.best_index_
+    # the refit is the head fitted at alpha_ on all the data (same optimum)
+    ref = head(alpha=cv_est.alpha_, **params).fit(X, y)
+    assert abs(cv_est.objective_ - ref.objective_) <= 1e-6 * abs(ref.objective_)
+    np.testing.assert_array_equal(cv_est.predict(X), ref.predict(X))
+    np.testing.assert_allclose(cv_est.predict_proba(X), ref.predict_proba(X), atol=1e-4)
+
+
+def test_grid_and_attributes(data):
+    X, y = data
+    est = ms.ConvexSelfAttentionClassifierCV(alphas=5, eps=1e-2, cv=3, n_gates=2, random_state=0).fit(X, y)
+    assert est.alphas_.shape == (5,)
+    np.testing.assert_allclose(est.alphas_[0], est.alpha_max_, rtol=1e-10)
+    np.testing.assert_allclose(est.alphas_[-1] / est.alphas_[0], 1e-2)
+    assert np.all(np.diff(est.alphas_) < 0)
+    assert est.scores_.shape == est.n_iter_path_.shape == (3, 5)
+    assert est.n_iter_ == est.n_iter_path_.sum() + est.refit_n_iter_
+    assert est.alpha_ in est.alphas_
+    assert est.transform(X).shape == (X.shape[0], X.shape[1])
+    assert est.score(X, y) == est.best_estimator_.score(X, y)
+    # flattened input, as the heads accept it
+    np.testing.assert_array_equal(est.predict(X.reshape(X.shape[0], -1)), est.predict(X))
+
+
+def test_explicit_alphas_scoring_refit_false_and_n_jobs(data):
+    X, y = data
+    kw = dict(cv=3, n_gates=2, random_state=0, scoring="neg_log_loss")
+    est = ms.ConvexSelfAttentionClassifierCV(alphas=[0.001, 0.1, 0.01], refit=False, **kw).fit(X, y)
+    np.testing.assert_allclose(est.alphas_, [0.1, 0.01, 0.001])  # fitted decreasing
+    assert np.all(est.scores_ <= 0)  # neg_log_loss
+    assert not hasattr(est, "best_estimator_")
+    with pytest.raises(AttributeError, match="has no attribute 'predict'"):
+        est.predict(X)
+    par = ms.ConvexSelfAttentionClassifierCV(alphas=[0.001, 0.1, 0.01], refit=False, n_jobs=2, **kw).fit(X, y)
+    np.testing.assert_allclose(par.scores_, est.scores_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("alphas", [[], [0.1, -1.0], [np.inf]])
+def test_bad_alphas(data, alphas):
+    X, y = data
+    with pytest.raises(ValueError, match="alphas"):
+        ms.ConvexSelfAttentionClassifierCV(alphas=alphas, n_gates=2).fit(X, y)
+
+
+# ------------------------------------------------------------------ warm starts
+def test_warm_start_reuses_the_solution(data):
+    X, y = data
+    head = ConvexSelfAttentionClassifier(alpha=0.01, n_gates=2, random_state=0, warm_start=True,
+                                         max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head.fit(X, y)  # stopped by max_iter
+    gap = head.dual_gap_
+    head.set_params(max_iter=5000).fit(X, y)  # resumes exactly where it stopped
+    np.testing.assert_allclose(head.convergence_["dual_gap"][0], gap, rtol=1e-6)
+    assert head.n_iter_ > 0
+    head.fit(X, y)  # same alpha from its own certified solution: nothing left to do
+    assert head.n_iter_ == 0
+    # along a path every warm-started fit takes fewer iterations than a cold one
+    kw = dict(n_gates=2, random_state=0, max_iter=20000)
+    path = ms.regularization_path(ConvexSelfAttentionClassifier(**kw), X, y, 6, eps=1e-2)
+    assert path["converged"].all()
+    cold = [ConvexSelfAttentionClassifier(alpha=a, **kw).fit(X, y).n_iter_ for a in path["alphas"]]
+    assert np.all(path["n_iter"] <= np.asarray(cold))
+    assert path["n_iter"][1:].sum() < 0.8 * np.sum(cold[1:])
+
+
+def _min_time(fn, repeat=3):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def test_ten_value_path_costs_at_most_three_cold_fits():
+    """A warm-started 10-value path (eps=1e-3) against one cold fit at its smallest alpha.
+
+    Measured on this data (2 shared cores): about 2x in iterations and in time.
+    """
+    X, y = make_token_clusters(n_samples=300, random_state=0, return_X_y=True)
+    head = ConvexSelfAttentionClassifier(n_gates=4, random_state=0, max_iter=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_path, path = _min_time(lambda: ms.regularization_path(head, X, y, 10, eps=1e-3))
+        a_min = path["alphas"][-1]
+        t_cold, cold = _min_time(lambda: clone(head).set_params(alpha=a_min).fit(X, y))
+    iter_ratio = path["n_iter"].sum() / cold.n_iter_
+    time_ratio = t_path / t_cold
+    print(f"path/cold: iterations {iter_ratio:.2f}x, time {time_ratio:.2f}x")
+    assert iter_ratio <= 3.0
+    assert time_ratio <= 3.0
+    # the path ends at the cold fit's optimum
+    assert abs(path["objective"][-1] - cold.objective_) <= 2e-4 * cold.objective_
