@@ -86,7 +86,7 @@ def main(argv=None):
             try:
                 amax = cls(alpha=1e30, **kw).fit(X, y).alpha_max_
                 t0 = time.perf_counter()
-                est = cls(alpha=0.01 * amax, **kw).fit(X, y)
+                est = cls(alpha=0.05 * amax, **kw).fit(X, y)
                 t = time.perf_counter() - t0
             except (ValueError, MemoryError) as exc:  # refused by the memory planner
                 rows.append({"head": head, "s": s, "status": f"refused: {exc}"[:300]})

@@ -10,6 +10,12 @@ from .heads.attention import ConvexSelfAttentionClassifier
 from .heads.fno import ConvexFNOClassifier
 from .heads.mixer import ConvexMixerClassifier
 from .heads.mlp import ConvexMLPClassifier
+from .model_selection import (
+    ConvexFNOClassifierCV,
+    ConvexMixerClassifierCV,
+    ConvexMLPClassifierCV,
+    ConvexSelfAttentionClassifierCV,
+)
 from .preprocessing import TokenPCA, TokenStandardScaler
 
 __version__ = "0.1.0.dev0"
@@ -19,6 +25,10 @@ __all__ = [
     "ConvexFNOClassifier",
     "ConvexMixerClassifier",
     "ConvexMLPClassifier",
+    "ConvexSelfAttentionClassifierCV",
+    "ConvexMixerClassifierCV",
+    "ConvexFNOClassifierCV",
+    "ConvexMLPClassifierCV",
     "TokenStandardScaler",
     "TokenPCA",
     "__version__",

@@ -18,7 +18,7 @@ import math
 
 from ._backend import get_namespace
 
-__all__ = ["LiftedOperator", "plan_memory", "MemoryPlan"]
+__all__ = ["LiftedOperator", "GatedTokenOperator", "plan_memory", "MemoryPlan"]
 
 GiB = 1024**3
 
@@ -168,3 +168,83 @@ class LiftedOperator:
             if self.mean is not None:
                 G = G - self.mean[:, None] * xp.sum(U, axis=0)[None, :]
         return xp.reshape(G, (P, R, L * c))
+
+
+class GatedTokenOperator:
+    """Matrix-free operator for gated token-pooled features (the token-MLP program).
+
+    ``Phi_i^(p)[f] = (1/s) sum_t D[i, t, p] X[i, t, f]`` (block shape ``(P, d, 1)``), the
+    features of :func:`~skconvexattn.heads.mlp.mlp_features`, applied without forming them:
+
+    * forward: ``o_i = (1/s) sum_t sum_p D[i, t, p] x_it^T Z_p`` = one GEMM
+      ``(n s, d) @ (d, P c)``, a mask and two sums;
+    * adjoint: ``Grad_p = (1/s) sum_{i,t} D[i, t, p] x_it U_i^T`` = one GEMM
+      ``(d, n s) @ (n s, P c)``.
+
+    The materialised features cost ``n P d`` floats and turn each product into a
+    memory-bound GEMV-like pass when ``c`` is small; this form reads ``X`` (``n s d``) and
+    the masks (``n s P``) instead and runs a compute-bound GEMM. It is the better choice
+    for few tokens and few outputs (``s = 1``, binary: the convex gated-ReLU MLP); with many
+    tokens the materialised features, which pool the tokens once, are cheaper. Same
+    interface as :class:`LiftedOperator` (``forward``, ``adjoint``, ``intercept_shift``,
+    centring).
+
+    Parameters
+    ----------
+    X : array of shape (n, s, d)
+    D : array of shape (n, s, P)
+        0/1 gate masks in the dtype of ``X``.
+    center : array of shape (n,) or None
+        Sample weights to centre the features with (see :class:`LiftedOperator`).
+    """
+
+    def __init__(self, X, D, center=None):
+        xp = self.xp = get_namespace(X)
+        n, s, d = X.shape
+        P = D.shape[2]
+        self.n_samples, self.s, self.d, self.P = int(n), int(s), int(d), int(P)
+        self.block_shape = (self.P, self.d, 1)
+        self.n_lifted = self.P * self.d
+        self.Xf = xp.reshape(X, (n * s, d))
+        self.D = xp.reshape(D, (n * s, P))
+        self.mean = None
+        if center is not None:
+            self.mean = xp.reshape(self._adjoint_raw(center[:, None]), (self.n_lifted,))
+
+    def _adjoint_raw(self, U):
+        xp = self.xp
+        n, s, P = self.n_samples, self.s, self.P
+        c = U.shape[1]
+        Ut = xp.reshape(xp.broadcast_to(U[:, None, :] / s, (n, s, c)), (n * s, c))
+        W = xp.reshape(self.D[:, :, None] * Ut[:, None, :], (n * s, P * c))
+        G = xp.matrix_transpose(self.Xf) @ W  # (d, P c)
+        return xp.permute_dims(xp.reshape(G, (self.d, P, c)), (1, 0, 2))  # (P, d, c)
+
+    def forward(self, Z):
+        """Logits without intercept, shape ``(n, c)``, for ``Z`` of shape ``(P, d, c)``."""
+        xp = self.xp
+        n, s, P, d = self.n_samples, self.s, self.P, self.d
+        c = Z.shape[-1]
+        Zc = xp.reshape(xp.permute_dims(Z, (1, 0, 2)), (d, P * c))
+        T = xp.reshape(self.Xf @ Zc, (n * s, P, c)) * self.D[:, :, None]
+        O = xp.sum(xp.reshape(xp.sum(T, axis=1), (n, s, c)), axis=1) / s
+        if self.mean is not None:
+            O = O - (self.mean @ xp.reshape(Z, (self.n_lifted, c)))[None, :]
+        return O
+
+    def adjoint(self, U):
+        """``sum_i Phi_i (x) U_i`` as blocks ``(P, d, c)``; ``U`` is ``(n, c)``."""
+        xp = self.xp
+        G = self._adjoint_raw(U)
+        if self.mean is not None:
+            c = U.shape[1]
+            G = G - xp.reshape(self.mean[:, None] * xp.sum(U, axis=0)[None, :], (self.P, self.d, c))
+        return G
+
+    def intercept_shift(self, Z):
+        """``mean . Z`` (shape ``(c,)``): the true intercept is the centred one minus this."""
+        xp = self.xp
+        c = Z.shape[-1]
+        if self.mean is None:
+            return xp.zeros((c,), dtype=Z.dtype)
+        return self.mean @ xp.reshape(Z, (self.n_lifted, c))

@@ -5,9 +5,11 @@ Weights are stored as one stacked array ``Z`` of shape ``(P, R, C)``: block ``p`
 groups of the FNO head) are zero-padded; zero rows change neither the nuclear norm nor the
 solution, so a single batched SVD serves every head.
 
-(An eigen-decomposition of the smaller Gram matrix was measured at only 1.4x faster than
-the batched SVD for 400 x 200 blocks on one CPU thread, and its inexact tiny singular
-values slowed convergence at tight tolerances, so the prox uses the SVD.)
+The prox uses the batched SVD for square-ish blocks, and the eigen-decomposition of the
+smaller Gram matrix (in float64) for clearly rectangular ones, where it is several times
+faster; the Gram route does not resolve singular values below ``sqrt(eps) * s_max``, so it
+is used only when the threshold lies far above that (all such values are then thresholded
+to zero anyway), and the SVD otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from __future__ import annotations
 from ._backend import get_namespace
 
 __all__ = ["BlockNuclearNorm"]
+
+# blocks with max(R, C) >= _GRAM_ASPECT * min(R, C) and at least _GRAM_MIN_SIZE entries use
+# the Gram-matrix prox (measured: 5x faster than the SVD for 256 x 120 blocks, 2.3x for
+# 1024 x 10; no gain for square blocks, a loss for tiny ones)
+_GRAM_ASPECT = 1.5
+_GRAM_MIN_SIZE = 2048
+# the Gram route resolves singular values down to about sqrt(eps64) * s_max = 1.5e-8 s_max;
+# it is used only when the threshold is far above that
+_GRAM_RESOLVE = 1e-6
 
 
 class BlockNuclearNorm:
@@ -31,15 +42,66 @@ class BlockNuclearNorm:
         return xp.sum(xp.linalg.svdvals(Z), axis=-1)
 
     def prox(self, Z, threshold):
-        """Singular-value soft-thresholding of every block (batched SVD).
+        """Singular-value soft-thresholding of every block.
 
         Returns the thresholded array and its singular values (shape ``(P, k)``), whose
         sum is the new nuclear norm: the solver gets the penalty value for free.
+
+        Blocks clearly longer than wide (or wider than long) go through the
+        eigen-decomposition of their small Gram matrix, computed in float64 (see
+        :meth:`_prox_gram`); square-ish blocks, and thresholds too small for the Gram
+        route to resolve, use the batched SVD.
         """
         xp = get_namespace(Z)
+        P, R, C = Z.shape
+        if max(R, C) >= _GRAM_ASPECT * min(R, C) and R * C >= _GRAM_MIN_SIZE:
+            out = self._prox_gram(Z, threshold, xp)
+            if out is not None:
+                return out
         U, S, Vh = xp.linalg.svd(Z, full_matrices=False)
         S = xp.clip(S - threshold, 0.0, None)
         return (U * S[:, None, :]) @ Vh, S
+
+    def _prox_gram(self, Z, threshold, xp):
+        """Soft-thresholding through ``eigh`` of the ``k x k`` Gram matrix (``k = min(R, C)``).
+
+        With ``Z^T Z = V diag(s^2) V^T``, the prox is ``Z V diag((s - thr)_+ / s) V^T``: one
+        ``R x k x k`` product for the Gram matrix, a ``k x k`` eigen-decomposition and two
+        products with the kept columns only. The Gram matrix squares the condition number,
+        so singular values below ``sqrt(eps) * s_max`` are not resolved; they are all
+        thresholded to zero whenever ``threshold`` exceeds ``_GRAM_RESOLVE * s_max``, which is
+        checked, and otherwise the caller falls back to the SVD (returns ``None``). The
+        Gram matrix and eigen-decomposition are computed in float64 for any input dtype.
+        """
+        P, R, C = Z.shape
+        dtype = Z.dtype
+        Z64 = xp.astype(Z, xp.float64)
+        tall = R >= C
+        Zt = xp.matrix_transpose(Z64)
+        G = (Zt @ Z64) if tall else (Z64 @ Zt)  # (P, k, k)
+        w, V = xp.linalg.eigh(G)  # ascending
+        s = xp.sqrt(xp.clip(w, 0.0, None))
+        s_max = float(xp.max(s))
+        thr = float(threshold)
+        if s_max == 0.0:
+            return xp.zeros_like(Z), xp.zeros((P, min(R, C)), dtype=dtype)
+        if thr < _GRAM_RESOLVE * s_max:
+            return None
+        keep = s > thr
+        n_keep = int(xp.max(xp.sum(xp.astype(keep, xp.int32), axis=1)))
+        S_new = xp.clip(s - thr, 0.0, None)
+        if n_keep == 0:
+            return xp.zeros_like(Z), xp.astype(xp.flip(S_new, axis=1), dtype)
+        k = min(R, C)
+        Vk = V[:, :, k - n_keep :]  # the largest n_keep (eigh sorts ascending)
+        sk = s[:, k - n_keep :]
+        scale = xp.where(sk > thr, (sk - thr) / xp.where(sk > 0, sk, xp.ones_like(sk)), xp.zeros_like(sk))
+        if tall:
+            out = ((Z64 @ Vk) * scale[:, None, :]) @ xp.matrix_transpose(Vk)
+        else:
+            out = Vk @ (scale[:, :, None] * (xp.matrix_transpose(Vk) @ Z64))
+        # singular values in decreasing order, as the SVD gives them
+        return xp.astype(out, dtype), xp.astype(xp.flip(S_new, axis=1), dtype)
 
     def dual_norm(self, G):
         """Largest spectral norm over blocks: the dual norm of the block nuclear norm."""

@@ -48,13 +48,17 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from ._validation import check_tokens
 from .heads.attention import ConvexSelfAttentionClassifier
 from .heads.fno import ConvexFNOClassifier
+from .heads.mixer import ConvexMixerClassifier
+from .heads.mlp import ConvexMLPClassifier
 
 __all__ = [
     "make_cv_estimator",
     "regularization_path",
     "alpha_grid",
     "ConvexSelfAttentionClassifierCV",
+    "ConvexMixerClassifierCV",
     "ConvexFNOClassifierCV",
+    "ConvexMLPClassifierCV",
 ]
 
 # the head's fit warns when alpha >= alpha_max_ (all-zero model): expected at the top of a path
@@ -547,17 +551,5 @@ def make_cv_estimator(head_class, name=None):
 ConvexSelfAttentionClassifierCV = make_cv_estimator(ConvexSelfAttentionClassifier)
 ConvexFNOClassifierCV = make_cv_estimator(ConvexFNOClassifier)
 
-try:  # heads written in parallel: expose their CV classes once they are in the package
-    from .heads.mixer import ConvexMixerClassifier
-
-    ConvexMixerClassifierCV = make_cv_estimator(ConvexMixerClassifier)
-    __all__.append("ConvexMixerClassifierCV")
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .heads.mlp import ConvexMLPClassifier
-
-    ConvexMLPClassifierCV = make_cv_estimator(ConvexMLPClassifier)
-    __all__.append("ConvexMLPClassifierCV")
-except ImportError:  # pragma: no cover
-    pass
+ConvexMixerClassifierCV = make_cv_estimator(ConvexMixerClassifier)
+ConvexMLPClassifierCV = make_cv_estimator(ConvexMLPClassifier)
