@@ -17,8 +17,9 @@ Ours: the token-MLP lifted features (``heads.mlp.mlp_features``) in a
 :class:`skconvexattn._operator.LiftedOperator`, solved by :func:`skconvexattn._solver.fista`
 (the machinery of :class:`~skconvexattn.heads.mlp.ConvexMLPClassifier`, which fits one output
 per class and an intercept and so solves a different program), with two operators:
-``LiftedOperator`` with materialised features (what the head uses today), and the
-matrix-free :class:`skconvexattn._operator.GatedTokenOperator` (one GEMM with ``X`` and
+``LiftedOperator`` with materialised features, and the matrix-free
+:class:`skconvexattn._operator.GatedTokenOperator` (what the head uses for one token per
+sample and at most two outputs; GEMMs with ``X`` and
 the masks per product instead of a pass over the ``n x P d`` features, as pyscnn does).
 
 Both solvers are run from cold with decreasing tolerances; the time of the cheapest run

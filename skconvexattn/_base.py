@@ -18,6 +18,7 @@ attributes, predictions) lives here once.
 
 from __future__ import annotations
 
+import math
 import warnings
 from numbers import Integral, Real
 
@@ -87,6 +88,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _feature_map(self, gates, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _operator(self, gates, X, xp, block_shape, n_outputs, plan, center=None):
+        """The lifted operator of ``X``: materialised or chunked features (the default).
+
+        Heads with a cheaper matrix-free form for some shapes override this.
+        """
+        return LiftedOperator(
+            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center
+        )
     def _work_per_sample(self, s, d):
         P, R, L = self._block_shape(s, d)
         return 2 * P * R * L
@@ -186,13 +195,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Yd = backend.asarray(Y)
         wd = backend.asarray(w.astype(dtype))
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = LiftedOperator(
-            self._feature_map(gates, xp),
-            Xd,
-            (P, R, L),
-            plan.chunk_rows,
-            center=wd if self.fit_intercept else None,
-        )
+        op = self._operator(gates, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None)
         datafit = get_datafit(self.loss)
 
         amax = float(to_numpy(alpha_max(op, datafit, Yd, wd, self.fit_intercept)[0]))
@@ -204,11 +207,26 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        coef_init = intercept_init = None
+        coef_init = intercept_init = step_init = None
+        # a path predictor (see model_selection.regularization_path): used only when its
+        # objective beats the previous solution's
+        predicted = self.__dict__.pop("_warm_candidates", ())
         if warm:
-            coef_init = backend.asarray(self.coef_.astype(dtype))
-            intercept_init = backend.asarray(self.intercept_.astype(dtype))
-            intercept_init = intercept_init + op.intercept_shift(coef_init)
+            candidates = [(self.coef_, self.intercept_)]
+            candidates += [p for p in predicted if p[0].shape == self.coef_.shape]
+            best = math.inf
+            for coef, intercept in candidates:
+                c_init = backend.asarray(coef.astype(dtype))
+                b_init = backend.asarray(intercept.astype(dtype)) + op.intercept_shift(c_init)
+                value = float(to_numpy(
+                    datafit.value(op.forward(c_init) + b_init[None, :], Yd, wd)
+                    + self.alpha * BlockNuclearNorm().value(c_init)
+                ))
+                if value < best:  # a NaN value is never chosen
+                    best, coef_init, intercept_init = value, c_init, b_init
+            if coef_init is None:
+                coef_init, intercept_init = c_init, b_init
+            step_init = getattr(self, "_solver_step", None)
         res = fista(
             op,
             datafit,
@@ -220,6 +238,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             tol=self.tol,
             coef_init=coef_init,
             intercept_init=intercept_init,
+            step_init=step_init,
             verbose=self.verbose,
             warn=False,
         )
@@ -235,11 +254,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.coef_ = to_numpy(res.coef)
         self.intercept_ = to_numpy(res.intercept - op.intercept_shift(res.coef))
         self.n_iter_ = res.n_iter
+        self._solver_step = res.step_size  # where a warm-started fit begins its line search
         self.dual_gap_ = res.dual_gap
         self.objective_ = res.objective
         self.convergence_ = res.history
         self.device_ = backend.name
-        self.memory_plan_ = "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
+        self.memory_plan_ = getattr(op, "plan_name", None) or (
+            "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
+        )
         return self
 
     # ------------------------------------------------------------------ predict
@@ -260,9 +282,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             self._reduce_hint,
         )
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = LiftedOperator(
-            self._feature_map(gates, xp), backend.asarray(X3), (P, R, L), plan.chunk_rows
-        )
+        op = self._operator(gates, backend.asarray(X3), xp, (P, R, L), self.classes_.shape[0], plan)
         O = op.forward(backend.asarray(self.coef_.astype(dtype)))
         O = O + backend.asarray(self.intercept_.astype(dtype))[None, :]
         return to_numpy(O)

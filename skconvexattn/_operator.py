@@ -176,18 +176,17 @@ class GatedTokenOperator:
     ``Phi_i^(p)[f] = (1/s) sum_t D[i, t, p] X[i, t, f]`` (block shape ``(P, d, 1)``), the
     features of :func:`~skconvexattn.heads.mlp.mlp_features`, applied without forming them:
 
-    * forward: ``o_i = (1/s) sum_t sum_p D[i, t, p] x_it^T Z_p`` = one GEMM
-      ``(n s, d) @ (d, P c)``, a mask and two sums;
-    * adjoint: ``Grad_p = (1/s) sum_{i,t} D[i, t, p] x_it U_i^T`` = one GEMM
-      ``(d, n s) @ (n s, P c)``.
+    * forward: ``o_i = (1/s) sum_t sum_p D[i, t, p] x_it^T Z_p``: the GEMM
+      ``(n s, d) @ (d, P c)``, a mask, and a GEMM with the ``(P c, c)`` gate-summing matrix;
+    * adjoint: ``Grad_p = (1/s) sum_{i,t} D[i, t, p] x_it U_i^T``: the outputs spread over
+      the gates (a GEMM), a mask, and the GEMM ``(d, n s) @ (n s, P c)``.
 
-    The materialised features cost ``n P d`` floats and turn each product into a
-    memory-bound GEMV-like pass when ``c`` is small; this form reads ``X`` (``n s d``) and
-    the masks (``n s P``) instead and runs a compute-bound GEMM. It is the better choice
-    for few tokens and few outputs (``s = 1``, binary: the convex gated-ReLU MLP); with many
-    tokens the materialised features, which pool the tokens once, are cheaper. Same
-    interface as :class:`LiftedOperator` (``forward``, ``adjoint``, ``intercept_shift``,
-    centring).
+    The materialised features hold ``n P d`` floats and every product is a pass over them;
+    this form reads ``X`` (``n s d``) and the masks repeated per output (``n s P c``, kept
+    once per ``c``). It moves less memory for few tokens and few outputs (one token per
+    sample, two classes: the convex gated-ReLU MLP); with many tokens or classes the
+    materialised features, which pool the tokens once, are cheaper. Same interface as
+    :class:`LiftedOperator` (``forward``, ``adjoint``, ``intercept_shift``, centring).
 
     Parameters
     ----------
@@ -198,6 +197,8 @@ class GatedTokenOperator:
         Sample weights to centre the features with (see :class:`LiftedOperator`).
     """
 
+    plan_name = "matrix-free"
+
     def __init__(self, X, D, center=None):
         xp = self.xp = get_namespace(X)
         n, s, d = X.shape
@@ -207,16 +208,32 @@ class GatedTokenOperator:
         self.n_lifted = self.P * self.d
         self.Xf = xp.reshape(X, (n * s, d))
         self.D = xp.reshape(D, (n * s, P))
+        self._cache = {}
         self.mean = None
         if center is not None:
             self.mean = xp.reshape(self._adjoint_raw(center[:, None]), (self.n_lifted,))
+
+    def _expanded(self, c):
+        """Gate masks repeated per output, ``(n s, P c)``, and the ``(P c, c)`` matrix that
+        sums the ``P`` gates of each output: both products become plain GEMMs."""
+        cached = self._cache.get(c)
+        if cached is None:
+            xp, P = self.xp, self.P
+            ns = self.Xf.shape[0]
+            ones = xp.ones((1, 1, c), dtype=self.Xf.dtype)
+            Drep = xp.reshape(self.D[:, :, None] * ones, (ns, P * c))
+            eye = xp.eye(c, dtype=self.Xf.dtype)
+            Ssum = xp.reshape(xp.broadcast_to(eye[None, :, :], (P, c, c)), (P * c, c))
+            cached = self._cache[c] = (Drep, Ssum)
+        return cached
 
     def _adjoint_raw(self, U):
         xp = self.xp
         n, s, P = self.n_samples, self.s, self.P
         c = U.shape[1]
+        Drep, Ssum = self._expanded(c)
         Ut = xp.reshape(xp.broadcast_to(U[:, None, :] / s, (n, s, c)), (n * s, c))
-        W = xp.reshape(self.D[:, :, None] * Ut[:, None, :], (n * s, P * c))
+        W = Drep * (Ut @ xp.matrix_transpose(Ssum))  # (n s, P c)
         G = xp.matrix_transpose(self.Xf) @ W  # (d, P c)
         return xp.permute_dims(xp.reshape(G, (self.d, P, c)), (1, 0, 2))  # (P, d, c)
 
@@ -225,9 +242,10 @@ class GatedTokenOperator:
         xp = self.xp
         n, s, P, d = self.n_samples, self.s, self.P, self.d
         c = Z.shape[-1]
+        Drep, Ssum = self._expanded(c)
         Zc = xp.reshape(xp.permute_dims(Z, (1, 0, 2)), (d, P * c))
-        T = xp.reshape(self.Xf @ Zc, (n * s, P, c)) * self.D[:, :, None]
-        O = xp.sum(xp.reshape(xp.sum(T, axis=1), (n, s, c)), axis=1) / s
+        T = ((self.Xf @ Zc) * Drep) @ Ssum  # (n s, c)
+        O = xp.sum(xp.reshape(T, (n, s, c)), axis=1) / s
         if self.mean is not None:
             O = O - (self.mean @ xp.reshape(Z, (self.n_lifted, c)))[None, :]
         return O

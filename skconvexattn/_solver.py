@@ -40,7 +40,7 @@ class SolverResult:
     dual_objective: float
     dual_gap: float
     converged: bool
-    step_size: float
+    step_size: float  # the last step, for the operator scaled by 1 / kappa
     history: dict = field(default_factory=dict)
 
 
@@ -148,6 +148,7 @@ def fista(
     check_every=10,
     coef_init=None,
     intercept_init=None,
+    step_init=None,
     verbose=0,
     warn=True,
     step_growth=1.2,
@@ -181,6 +182,10 @@ def fista(
         at every iteration measured fewest forward products on digit tokens).
     coef_init, intercept_init : arrays or None
         Warm start.
+    step_init : float or None
+        First step size to try (the final step of a previous solve, in this function's
+        scaled units, see ``SolverResult.step_size``); the line search starts from the
+        larger of it and the inverse Lipschitz bound.
     verbose : int
         Print a progress line at every gap evaluation when > 0.
 
@@ -222,6 +227,8 @@ def fista(
     else:
         lip = datafit.lipschitz * _lipschitz(op, Y, w, fit_intercept, G0)
     t = 1.0 / lip
+    if step_init is not None and math.isfinite(step_init) and step_init > t:
+        t = float(step_init)
     eps = float(np.finfo(to_numpy(Y).dtype).eps)
 
     y, by, Oy = x, b, Ox

@@ -31,6 +31,7 @@ a close, if not exact, starting point), and from zero otherwise.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -118,6 +119,10 @@ def regularization_path(
 ):
     """Fit ``estimator`` along decreasing ``alphas``, each fit warm-started from the last.
 
+    From the third value on, the warm start is the better (by objective) of the previous
+    solution and its secant extrapolation in ``log(alpha)`` from the two previous ones;
+    the line search starts from the previous fit's final step.
+
     Parameters
     ----------
     estimator : convex head (e.g. :class:`~skconvexattn.ConvexSelfAttentionClassifier`)
@@ -152,8 +157,12 @@ def regularization_path(
         alphas = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
     out = {k: [] for k in ("n_iter", "fit_time", "objective", "dual_gap", "converged")}
     out.update(scores=[], coefs=[], intercepts=[])
+    previous = []  # the last two solutions and their log-alphas
     for a in alphas:
         head.set_params(alpha=float(a))
+        log_a = math.log(a) if a > 0 else None  # a non-positive alpha fails in fit
+        if len(previous) >= 2 and log_a is not None:
+            head._warm_candidates = _predict_on_path(previous, log_a)
         t0 = time.perf_counter()
         converged = _fit_quietly(head, X, y, sample_weight)
         out["fit_time"].append(time.perf_counter() - t0)
@@ -161,6 +170,8 @@ def regularization_path(
         out["objective"].append(head.objective_)
         out["dual_gap"].append(head.dual_gap_)
         out["converged"].append(converged)
+        if log_a is not None:
+            previous = [*previous, (log_a, head.coef_.copy(), head.intercept_.copy())][-3:]
         if scorer is not None:
             out["scores"].append(scorer(head, X_test, y_test))
         if return_coefs:
@@ -170,6 +181,34 @@ def regularization_path(
     path["alphas"] = np.asarray(alphas, dtype=np.float64)
     path["estimator"] = head
     return path
+
+
+def _predict_on_path(previous, log_alpha):
+    """Polynomial predictors of the next solution from the last ones on the path.
+
+    A warm start from the previous solution alone is a zeroth-order guess whose error is
+    of the order of the step in ``log(alpha)``; extrapolating the last two (secant) or
+    three (quadratic) solutions in ``log(alpha)`` removes the first- or second-order
+    terms. The head starts from whichever candidate, the previous solution included, has
+    the lowest objective, so a kink in the path (a block changing rank) costs nothing.
+    """
+    out = []
+    for k in (2, 3)[: len(previous) - 1]:
+        pts = previous[-k:]
+        logs = [p[0] for p in pts]
+        # Lagrange weights of the k points at log_alpha
+        weights = []
+        for i, li in enumerate(logs):
+            wi = 1.0
+            for j, lj in enumerate(logs):
+                if j != i:
+                    wi *= (log_alpha - lj) / (li - lj) if li != lj else 0.0
+            weights.append(wi)
+        out.append((
+            sum(wi * p[1] for wi, p in zip(weights, pts)),
+            sum(wi * p[2] for wi, p in zip(weights, pts)),
+        ))
+    return out
 
 
 def _path_on_split(template, X, y, sw, train, test, alphas, scorer, keep_coefs):

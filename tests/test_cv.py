@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 import warnings
@@ -152,31 +153,63 @@ def test_warm_start_reuses_the_solution(data):
     assert path["n_iter"][1:].sum() < 0.8 * np.sum(cold[1:])
 
 
-def _min_time(fn, repeat=3):
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def test_ten_value_path_costs_at_most_three_cold_fits():
-    """A warm-started 10-value path (eps=1e-3) against one cold fit at its smallest alpha.
-
-    Measured on this data (2 shared cores): about 2x in iterations and in time.
-    """
-    X, y = make_token_clusters(n_samples=300, random_state=0, return_X_y=True)
-    head = ConvexSelfAttentionClassifier(n_gates=4, random_state=0, max_iter=5000)
+def test_warm_start_takes_the_best_candidate(data):
+    """The path's predicted warm start is used only when its objective is lower."""
+    X, y = data
+    kw = dict(alpha=0.01, n_gates=2, random_state=0, warm_start=True, max_iter=5000)
+    exact = ConvexSelfAttentionClassifier(**{**kw, "tol": 1e-10, "max_iter": 50000}).fit(X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t_path, path = _min_time(lambda: ms.regularization_path(head, X, y, 10, eps=1e-3))
-        a_min = path["alphas"][-1]
-        t_cold, cold = _min_time(lambda: clone(head).set_params(alpha=a_min).fit(X, y))
+        start = ConvexSelfAttentionClassifier(**{**kw, "max_iter": 30}).fit(X, y)
+    plain, twin, third = (copy.deepcopy(start).set_params(max_iter=5000) for _ in range(3))
+    plain.fit(X, y)
+    # a far worse candidate is ignored: the same run as without it
+    twin._warm_candidates = [(100 * start.coef_, start.intercept_)]
+    twin.fit(X, y)
+    assert twin.n_iter_ == plain.n_iter_ and plain.n_iter_ > 0
+    np.testing.assert_array_equal(twin.coef_, plain.coef_)
+    # the optimum as a candidate is taken: certified without an iteration
+    third._warm_candidates = [(exact.coef_, exact.intercept_)]
+    third.fit(X, y)
+    assert third.n_iter_ == 0
+    np.testing.assert_allclose(third.coef_, exact.coef_)
+    assert not hasattr(third, "_warm_candidates")  # consumed by the fit
+
+
+def test_path_predictor_is_polynomial_extrapolation():
+    rng = np.random.default_rng(0)
+    logs = [0.0, -0.5, -1.0]
+    a, b, c = (rng.standard_normal((2, 3, 4)) for _ in range(3))
+    coef = [a + l * b + l * l * c for l in logs]  # a quadratic path in log(alpha)
+    prev = [(l, k, k[0, 0]) for l, k in zip(logs, coef)]
+    (sec_c, sec_b), (quad_c, quad_b) = ms._predict_on_path(prev, -1.5)
+    np.testing.assert_allclose(quad_c, a - 1.5 * b + 2.25 * c, atol=1e-12)
+    np.testing.assert_allclose(quad_b, (a - 1.5 * b + 2.25 * c)[0, 0], atol=1e-12)
+    np.testing.assert_allclose(sec_c, 2 * coef[2] - coef[1], atol=1e-12)
+    assert len(ms._predict_on_path(prev[1:], -1.5)) == 1  # two points: the secant only
+
+
+@pytest.mark.parametrize("head_name", ["attention", "mixer", "fno"])
+def test_ten_value_path_costs_at_most_three_cold_fits(head_name):
+    """A warm-started 10-value path (eps=1e-3) against one cold fit at its smallest alpha,
+    counted in iterations (deterministic; the timed comparison is benchmarks/bench_paths.py).
+
+    Measured here: attention 1.1x, mixer 2.3x, FNO 2.7x (the MLP head, 3.1x on its
+    benchmark problem, is not held to it: see benchmarks/README.md).
+    """
+    from skconvexattn import ConvexMixerClassifier
+
+    cls = {"attention": ConvexSelfAttentionClassifier, "mixer": ConvexMixerClassifier,
+           "fno": ConvexFNOClassifier}[head_name]
+    X, y = make_token_clusters(n_samples=300, n_tokens=8, random_state=0, return_X_y=True)
+    head = cls(n_gates=4, random_state=0, max_iter=20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = ms.regularization_path(head, X, y, 10, eps=1e-3)
+        cold = clone(head).set_params(alpha=path["alphas"][-1]).fit(X, y)
+    assert path["converged"].all() and cold.n_iter_ > 0
     iter_ratio = path["n_iter"].sum() / cold.n_iter_
-    time_ratio = t_path / t_cold
-    print(f"path/cold: iterations {iter_ratio:.2f}x, time {time_ratio:.2f}x")
+    print(f"{head_name} path/cold: iterations {iter_ratio:.2f}x")
     assert iter_ratio <= 3.0
-    assert time_ratio <= 3.0
-    # the path ends at the cold fit's optimum
+    # the path ends at the cold fit's optimum (both certified to tol=1e-4)
     assert abs(path["objective"][-1] - cold.objective_) <= 2e-4 * cold.objective_

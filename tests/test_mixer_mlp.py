@@ -394,3 +394,32 @@ def test_digits_accuracy(Est, params):
         f"{clf.n_iter_} iterations, relative gap {clf.dual_gap_ / clf.objective_:.1e}"
     )
     assert acc >= 0.93
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_mlp_matrix_free_operator_same_fit(fit_intercept, monkeypatch):
+    """One token per sample, two classes: the MLP head takes the matrix-free products,
+    and reaches the same certified solution as with materialised features."""
+    from skconvexattn._base import BaseConvexHead
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 1, 10))
+    y = (X[:, 0, 0] * X[:, 0, 1] + 0.3 * X[:, 0, 2] > 0).astype(int)
+    kw = dict(alpha=1e-3, n_gates=16, random_state=0, tol=1e-8, max_iter=20000,
+              fit_intercept=fit_intercept)
+    free = ConvexMLPClassifier(**kw).fit(X, y)
+    assert free.memory_plan_ == "matrix-free"
+    monkeypatch.setattr(ConvexMLPClassifier, "_operator", BaseConvexHead._operator)
+    feat = ConvexMLPClassifier(**kw).fit(X, y)
+    assert feat.memory_plan_ == "materialised"
+    np.testing.assert_allclose(free.objective_, feat.objective_, rtol=1e-7)
+    np.testing.assert_allclose(free.coef_, feat.coef_, rtol=1e-3, atol=1e-4 * np.abs(feat.coef_).max())
+    np.testing.assert_allclose(free.intercept_, feat.intercept_, rtol=1e-3, atol=1e-4)
+    # predictions go through the same operator choice
+    np.testing.assert_allclose(free.decision_function(X), feat.decision_function(X), rtol=1e-4, atol=1e-6)
+    # many tokens: the materialised features pool them once and stay the choice
+    X16 = rng.standard_normal((100, 16, 10))
+    many = ConvexMLPClassifier(**{**kw, "tol": 1e-3}).fit(X16, y[:100])
+    monkeypatch.undo()
+    assert ConvexMLPClassifier(**{**kw, "tol": 1e-3}).fit(X16, y[:100]).memory_plan_ == "materialised"
+    assert many.memory_plan_ == "materialised"

@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import StrOptions
 from .._backend import get_namespace
 from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
 from .._gates import hyperplane_gates, prototype_gates
+from .._operator import GatedTokenOperator
 from .attention import token_sides
 
 __all__ = ["ConvexMLPClassifier", "mlp_features"]
@@ -232,6 +233,26 @@ class ConvexMLPClassifier(BaseConvexHead):
             return mlp_features
         H, c = gates["H"], gates["c"]
         return lambda X: mlp_features(X, H, c)
+
+    def _operator(self, gates, X, xp, block_shape, n_outputs, plan, center=None):
+        """Matrix-free products where they move less memory than the features.
+
+        The materialised features hold ``P d`` floats per sample and every product is a
+        pass over them; the matrix-free form (:class:`~skconvexattn._operator.GatedTokenOperator`)
+        reads the ``s d`` token values and the masks and runs GEMMs with ``P c`` columns.
+        With one token per sample (the convex gated-ReLU MLP) and two classes that is
+        2.5-3x faster per product; it is used there, when it also moves less memory than the
+        features (so it fits wherever they do).
+        """
+        if gates and plan.materialised:
+            n, s, d = X.shape
+            P, c = block_shape[0], n_outputs
+            # measured (n=5000, d=20, P=32, float64): one token and c <= 2 is 2.5-3x
+            # faster per product; with 3 tokens or 10 classes the features win
+            if s * c <= 2 and s * (d + P * (1 + 2 * c)) < P * d:
+                H, off = gates["H"], gates["c"]
+                return GatedTokenOperator(X, token_sides(X, H, off), center=center)
+        return super()._operator(gates, X, xp, block_shape, n_outputs, plan, center)
 
     def _token_clusters(self, X):
         if self.activation == "gated_relu":
