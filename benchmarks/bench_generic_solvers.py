@@ -29,6 +29,7 @@ except ImportError:  # run as a script
     import _common as C
 
 NAME = "generic_solvers"
+REFERENCE_CAP_S = 60.0
 
 # (n, s, d, c, n_gates) per head, growing; "full" adds sizes until the reference takes
 # about a minute
@@ -140,6 +141,9 @@ def main(argv=None):
     for head in C.available_heads():
         for n, s, d, c, P in SIZES[args.size][head]:
             rows.append(run_case(head, n, s, d, c, P, repeat))
+            # grow until a reference takes about a minute, then stop (bigger only gets slower)
+            if max(rows[-1][sv].get("solve_time", 0.0) for sv in SOLVERS) >= REFERENCE_CAP_S:
+                break
     flat = []
     for r in rows:
         for solver in SOLVERS:

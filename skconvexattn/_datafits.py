@@ -53,6 +53,15 @@ class LogLoss:
         """Per-sample gradient ``theta_i = softmax(o_i) - e_{y_i}``."""
         return self.proba(O) - Y
 
+    def value_and_gradient(self, O, Y, w):
+        """:meth:`value` and :meth:`raw_gradient` sharing one pass of ``exp``."""
+        xp = get_namespace(O)
+        m = xp.max(O, axis=1, keepdims=True)
+        E = xp.exp(O - m)
+        S = xp.sum(E, axis=1, keepdims=True)
+        per_sample = xp.log(S[:, 0]) + m[:, 0] - xp.sum(O * Y, axis=1)
+        return xp.sum(w * per_sample), E / S - Y
+
     def intercept_at_zero(self, prior):
         """Optimal intercept of the all-zero model: ``log(prior)`` (softmax(b) = prior)."""
         xp = get_namespace(prior)
@@ -100,6 +109,12 @@ class SquaredError:
 
     def raw_gradient(self, O, Y):
         return O - Y
+
+    def value_and_gradient(self, O, Y, w):
+        """:meth:`value` and :meth:`raw_gradient` together."""
+        xp = get_namespace(O)
+        R = O - Y
+        return 0.5 * xp.sum(w * xp.sum(R * R, axis=1)), R
 
     def intercept_at_zero(self, prior):
         return prior

@@ -266,8 +266,8 @@ def fista(
 
     while not converged and it < max_iter:
         it += 1
-        fy = datafit.value(Oy, Y, w)
-        Uy = w[:, None] * datafit.raw_gradient(Oy, Y)
+        fy, Uy = datafit.value_and_gradient(Oy, Y, w)
+        Uy = w[:, None] * Uy
         g = op.adjoint(Uy)
         gb = xp.sum(Uy, axis=0) if fit_intercept else None
         if streak >= grow_after:

@@ -582,6 +582,22 @@ def test_dual_candidate_is_dual_feasible(loss, fit_intercept, seed, c, scale):
 
 
 @pytest.mark.parametrize("loss, fit_intercept, seed, c, scale", CASES_DUAL)
+def test_value_and_gradient_fused(loss, fit_intercept, seed, c, scale):
+    """The solver's fused loss pass equals the separate value and gradient, and the
+    gradient is the finite-difference derivative of the value."""
+    O, Y, w, prior = _random_problem(loss, seed, c, scale)
+    df = get_datafit(loss)
+    v, G = df.value_and_gradient(O, Y, w)
+    assert float(v) == pytest.approx(float(df.value(O, Y, w)), rel=1e-14)
+    np.testing.assert_allclose(G, df.raw_gradient(O, Y), rtol=1e-13, atol=1e-15)
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal(O.shape)
+    h = 1e-6
+    fd = (float(df.value(O + h * D, Y, w)) - float(df.value(O - h * D, Y, w))) / (2 * h)
+    assert fd == pytest.approx(float(np.sum(w[:, None] * G * D)), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("loss, fit_intercept, seed, c, scale", CASES_DUAL)
 def test_dual_value_is_minus_weighted_conjugate(loss, fit_intercept, seed, c, scale):
     """``dual_value(theta) = -sum_i w_i l*(theta_i)``, closed forms computed here."""
     O, Y, w, prior = _random_problem(loss, seed, c, scale)
