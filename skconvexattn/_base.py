@@ -218,14 +218,16 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             for coef, intercept in candidates:
                 c_init = backend.asarray(coef.astype(dtype))
                 b_init = backend.asarray(intercept.astype(dtype)) + op.intercept_shift(c_init)
+                if coef_init is None:  # the previous solution, unless beaten below
+                    coef_init, intercept_init = c_init, b_init
+                if len(candidates) == 1:
+                    break
                 value = float(to_numpy(
                     datafit.value(op.forward(c_init) + b_init[None, :], Yd, wd)
                     + self.alpha * BlockNuclearNorm().value(c_init)
                 ))
                 if value < best:  # a NaN value is never chosen
                     best, coef_init, intercept_init = value, c_init, b_init
-            if coef_init is None:
-                coef_init, intercept_init = c_init, b_init
             step_init = getattr(self, "_solver_step", None)
         res = fista(
             op,

@@ -9,8 +9,9 @@ where ``F`` is a datafit (weighted mean loss on the logits) and ``Phi`` a
 Each iteration costs one adjoint product (gradient at the extrapolated point), one batched
 SVD (the prox) and one forward product (logits of the new iterate, which the backtracking
 test needs); the extrapolated point's logits follow from linearity. Every
-``check_every`` iterations one more adjoint product gives the duality gap. The only host
-transfers in the loop are a few scalars per iteration, sent together.
+``check_every`` iterations one more adjoint product gives the duality gap. The host
+transfers in the loop are three scalars per iteration (sent together), the prox's
+largest singular value and rank, and two scalars per gap evaluation.
 """
 
 from __future__ import annotations
