@@ -135,10 +135,12 @@ def run_case(head, n, s, d, c, P, repeat):
 
 
 def main(argv=None):
-    args = C.parse_args(argv, __doc__.splitlines()[0])
+    args = C.parse_args(argv, __doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--heads", default=None, help="comma-separated heads (default: all)"))
+    heads = args.heads.split(",") if args.heads else C.available_heads()
     repeat = args.repeat or (1 if args.size == "tiny" else 3)
     rows = []
-    for head in C.available_heads():
+    for head in heads:
         for n, s, d, c, P in SIZES[args.size][head]:
             rows.append(run_case(head, n, s, d, c, P, repeat))
             # grow until a reference takes about a minute, then stop (bigger only gets slower)
