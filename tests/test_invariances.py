@@ -22,36 +22,14 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.class_weight import compute_sample_weight
 
-import skconvexattn
 from skconvexattn._backend import cuda_available
-
-HEAD_NAMES = [
-    "ConvexSelfAttentionClassifier",
-    "ConvexMixerClassifier",
-    "ConvexFNOClassifier",
-    "ConvexMLPClassifier",
-]
-TRANSFORMER_NAMES = ["TokenStandardScaler", "TokenPCA"]
-
-
-def _params(names, activations=(None,)):
-    out = []
-    for name in names:
-        cls = getattr(skconvexattn, name, None)
-        marks = [pytest.mark.skip(reason=f"skconvexattn.{name} is not exported yet")]
-        for act in activations:
-            pid = name if act is None else f"{name}-{act}"
-            out.append(pytest.param(cls, act, id=pid, marks=marks if cls is None else []))
-    return out
-
+from _estimators import HEAD_CLASSES, TRANSFORMER_CLASSES, estimator_params
 
 # every head, with both activations
-HEADS = _params(HEAD_NAMES, ("gated_relu", "linear"))
+HEADS = estimator_params(HEAD_CLASSES, ("gated_relu", "linear"))
 # every head, default (gated) activation only: for the costlier tests
-GATED = _params(HEAD_NAMES, ("gated_relu",))
-TRANSFORMERS = [
-    pytest.param(p.values[0], id=p.id, marks=p.marks) for p in _params(TRANSFORMER_NAMES)
-]
+GATED = estimator_params(HEAD_CLASSES, ("gated_relu",))
+TRANSFORMERS = estimator_params(TRANSFORMER_CLASSES)
 
 ALPHA = 3e-2  # a fraction of alpha_max_ for every head on the data below (0.3 - 2)
 TOL = 1e-9  # tight: the invariances are then checked well below the differences they catch

@@ -19,28 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import skconvexattn
+from _estimators import HEAD_CLASSES, TRANSFORMER_CLASSES, estimator_params
 
-HEAD_NAMES = [
-    "ConvexSelfAttentionClassifier",
-    "ConvexMixerClassifier",
-    "ConvexFNOClassifier",
-    "ConvexMLPClassifier",
-]
-TRANSFORMER_NAMES = ["TokenStandardScaler", "TokenPCA"]
-
-
-def _params(names):
-    out = []
-    for name in names:
-        cls = getattr(skconvexattn, name, None)
-        marks = [pytest.mark.skip(reason=f"skconvexattn.{name} is not exported yet")]
-        out.append(pytest.param(cls, id=name, marks=marks if cls is None else []))
-    return out
-
-
-HEADS = _params(HEAD_NAMES)
-ALL = HEADS + _params(TRANSFORMER_NAMES)
+HEADS = estimator_params(HEAD_CLASSES)
+ALL = HEADS + estimator_params(TRANSFORMER_CLASSES)
 
 SETTINGS = settings(
     max_examples=25,
@@ -50,13 +32,13 @@ SETTINGS = settings(
 
 
 def _make(cls, n_tokens=None):
-    if cls.__name__ in TRANSFORMER_NAMES:
+    if cls in TRANSFORMER_CLASSES:
         return cls(n_tokens=n_tokens)
     return cls(n_gates=2, max_iter=5, random_state=0, device="cpu", n_tokens=n_tokens)
 
 
 def _is_head(est):
-    return type(est).__name__ in HEAD_NAMES
+    return type(est) in HEAD_CLASSES
 
 
 # --------------------------------------------------------------------------- strategies

@@ -13,27 +13,9 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 import skconvexattn
+from _estimators import HEAD_CLASSES, estimator_params
 
-HEAD_NAMES = [
-    "ConvexSelfAttentionClassifier",
-    "ConvexMixerClassifier",
-    "ConvexFNOClassifier",
-    "ConvexMLPClassifier",
-]
-
-def _heads(activations=("gated_relu", "linear")):
-    out = []
-    for name in HEAD_NAMES:
-        cls = getattr(skconvexattn, name, None)
-        marks = [pytest.mark.skip(reason=f"skconvexattn.{name} is not exported yet")]
-        for act in activations:
-            out.append(
-                pytest.param(cls, act, id=f"{name}-{act}", marks=marks if cls is None else [])
-            )
-    return out
-
-
-HEADS = _heads()
+HEADS = estimator_params(HEAD_CLASSES, ("gated_relu", "linear"))
 MAX_ITER = 300
 
 
@@ -136,15 +118,16 @@ def test_scale_covariance_without_intercept(cls, activation, scale):
     assert abs(est.n_iter_ - ref.n_iter_) <= 20
 
 
+GATED = estimator_params(HEAD_CLASSES, ("gated_relu",))
 SCALED = [
-    pytest.param(*p.values, scale, id=f"{p.id}-{scale:g}", marks=p.marks)
-    for p in _heads(("gated_relu",))
+    pytest.param(*p.values, scale, id=f"{p.id}-{scale:g}")
+    for p in GATED
     for scale in (1e-6, 1e6)
 ] + [
     # self-attention features are cubic in X: unnormalised features of scale 10 suffice
-    pytest.param(*p.values, 10.0, id=f"{p.id}-10", marks=p.marks)
-    for p in _heads(("gated_relu",))
-    if p.values[0] is not None and p.values[0].__name__ == "ConvexSelfAttentionClassifier"
+    pytest.param(*p.values, 10.0, id=f"{p.id}-10")
+    for p in GATED
+    if p.values[0] is skconvexattn.ConvexSelfAttentionClassifier
 ]
 
 

@@ -1,8 +1,7 @@
 """Bad input (SPEC 6): every user error is a ValueError/TypeError whose message names the
 parameter and says how to fix it, raised before anything large is allocated.
 
-One test per case, for every estimator and transformer of the package. Heads that are not
-exported yet (``getattr(skconvexattn, name, None)`` is None) are reported as skipped.
+One test per case, for every estimator and transformer of the package.
 """
 
 import re
@@ -15,33 +14,16 @@ from sklearn.exceptions import ConvergenceWarning
 
 import skconvexattn
 from skconvexattn._backend import cuda_available
+from _estimators import HEAD_CLASSES, TRANSFORMER_CLASSES, estimator_params
 
-HEAD_NAMES = [
-    "ConvexSelfAttentionClassifier",
-    "ConvexMixerClassifier",
-    "ConvexFNOClassifier",
-    "ConvexMLPClassifier",
-]
-TRANSFORMER_NAMES = ["TokenStandardScaler", "TokenPCA"]
-
-
-def _params(names):
-    out = []
-    for name in names:
-        cls = getattr(skconvexattn, name, None)
-        marks = [pytest.mark.skip(reason=f"skconvexattn.{name} is not exported yet")]
-        out.append(pytest.param(cls, id=name, marks=marks if cls is None else []))
-    return out
-
-
-HEADS = _params(HEAD_NAMES)
-TRANSFORMERS = _params(TRANSFORMER_NAMES)
+HEADS = estimator_params(HEAD_CLASSES)
+TRANSFORMERS = estimator_params(TRANSFORMER_CLASSES)
 ALL = HEADS + TRANSFORMERS
 
 
 def _make(cls, **params):
     """A small, fast instance: CPU, two gates, few iterations."""
-    if cls.__name__ in TRANSFORMER_NAMES:
+    if cls in TRANSFORMER_CLASSES:
         return cls(**params)
     defaults = dict(n_gates=2, max_iter=30, random_state=0, device="cpu")
     defaults.update(params)
@@ -49,7 +31,7 @@ def _make(cls, **params):
 
 
 def _is_head(est):
-    return type(est).__name__ in HEAD_NAMES
+    return type(est) in HEAD_CLASSES
 
 
 def _data(n=20, s=3, d=2, seed=0):
@@ -354,18 +336,11 @@ def test_out_of_range_parameter(cls, name, value, allowed):
     _check_message(excinfo, rf"'{name}' parameter", allowed, re.escape(f"Got {value!r}"))
 
 
-def _fno():
-    cls = getattr(skconvexattn, "ConvexFNOClassifier", None)
-    if cls is None:
-        pytest.skip("skconvexattn.ConvexFNOClassifier is not exported yet")
-    return cls
-
-
 @pytest.mark.parametrize("name", ["n_modes", "n_blocks"])
 def test_fno_parameter_below_one(name):
     X, y = _data()
     with pytest.raises(ValueError) as excinfo:
-        _make(_fno(), **{name: 0}).fit(X, y)
+        _make(skconvexattn.ConvexFNOClassifier, **{name: 0}).fit(X, y)
     _check_message(excinfo, rf"'{name}' parameter", r"range \[1, inf\)", r"Got 0")
 
 
@@ -373,7 +348,7 @@ def test_fno_parameter_below_one(name):
 def test_fno_n_modes_beyond_the_spectrum(s, n_modes):
     X, y = _data(s=s)
     with pytest.raises(ValueError) as excinfo:
-        _make(_fno(), n_modes=n_modes).fit(X, y)
+        _make(skconvexattn.ConvexFNOClassifier, n_modes=n_modes).fit(X, y)
     F = s // 2 + 1
     _check_message(
         excinfo,
@@ -387,7 +362,7 @@ def test_fno_n_modes_beyond_the_spectrum(s, n_modes):
 def test_fno_n_blocks_beyond_the_features():
     X, y = _data(d=2)
     with pytest.raises(ValueError) as excinfo:
-        _make(_fno(), n_blocks=3).fit(X, y)
+        _make(skconvexattn.ConvexFNOClassifier, n_blocks=3).fit(X, y)
     _check_message(excinfo, r"n_blocks=3", r"n_features=2", re.escape("n_blocks in [1, 2]"))
 
 
@@ -449,7 +424,7 @@ def test_memory_refusal_many_gates(cls):
 @pytest.mark.parametrize("activation", ["gated_relu", "linear"])
 def test_memory_refusal_attention_wide_tokens(activation):
     """d = 200 features per token: d**3 = 8e6 lifted features per sample and gate."""
-    cls = getattr(skconvexattn, "ConvexSelfAttentionClassifier")
+    cls = skconvexattn.ConvexSelfAttentionClassifier
     rng = np.random.RandomState(0)
     X = rng.randn(4, 3, 200)
     y = np.array([0, 1, 0, 1])
@@ -463,9 +438,7 @@ def test_memory_refusal_attention_wide_tokens(activation):
 
 def test_memory_refusal_mixer_many_tokens():
     """s = 300 tokens: s**2 * d lifted features per sample and gate."""
-    cls = getattr(skconvexattn, "ConvexMixerClassifier", None)
-    if cls is None:
-        pytest.skip("skconvexattn.ConvexMixerClassifier is not exported yet")
+    cls = skconvexattn.ConvexMixerClassifier
     rng = np.random.RandomState(0)
     X = rng.randn(4, 300, 2)
     y = np.array([0, 1, 0, 1])
