@@ -131,11 +131,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens)
+        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
         check_classification_targets(y)
         classes, y_enc = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
@@ -198,7 +194,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         op = self._operator(gates, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None)
         datafit = get_datafit(self.loss)
 
-        amax = float(to_numpy(alpha_max(op, datafit, Yd, wd, self.fit_intercept)[0]))
+        amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
+        amax = float(to_numpy(amax))
         self.alpha_max_ = amax
         if self.alpha >= amax:
             warnings.warn(
@@ -241,6 +238,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             coef_init=coef_init,
             intercept_init=intercept_init,
             step_init=step_init,
+            grad_at_zero=grad_at_zero,
             verbose=self.verbose,
             warn=False,
         )

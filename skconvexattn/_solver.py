@@ -150,6 +150,7 @@ def fista(
     coef_init=None,
     intercept_init=None,
     step_init=None,
+    grad_at_zero=None,
     verbose=0,
     warn=True,
     step_growth=1.2,
@@ -187,6 +188,10 @@ def fista(
         First step size to try (the final step of a previous solve, in this function's
         scaled units, see ``SolverResult.step_size``); the line search starts from the
         larger of it and the inverse Lipschitz bound.
+    grad_at_zero : array or None
+        The gradient at ``Z = 0`` (second output of :func:`alpha_max`), where the power
+        iteration for the Lipschitz constant starts; computed (one adjoint product) when
+        None.
     verbose : int
         Print a progress line at every gap evaluation when > 0.
 
@@ -199,7 +204,9 @@ def fista(
     P, R, L = op.block_shape
     c = Y.shape[1]
     prior, b0 = prior_and_start(datafit, Y, w, fit_intercept)
-    amax, G0 = alpha_max(op, datafit, Y, w, fit_intercept)
+    if grad_at_zero is None:
+        grad_at_zero = alpha_max(op, datafit, Y, w, fit_intercept)[1]
+    G0 = grad_at_zero  # the power iteration's start
 
     if coef_init is not None:
         x = coef_init
@@ -210,7 +217,6 @@ def fista(
         b = b0
         pen = xp.zeros((), dtype=Y.dtype)
     Ox = op.forward(x) + b[None, :]
-    fx = datafit.value(Ox, Y, w)
 
     kappa = 1.0
     if fit_intercept:
@@ -221,7 +227,6 @@ def fista(
             kappa = math.sqrt(lam)
             op = _ScaledOperator(op, kappa)
             alpha = alpha / kappa
-            G0 = G0 / kappa
             x = x * kappa
             pen = pen * kappa
         lip = datafit.lipschitz * max(lam / kappa**2, 1.0) if lam > 0 else datafit.lipschitz

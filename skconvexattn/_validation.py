@@ -24,7 +24,7 @@ def _ndim(X):
         ) from exc
 
 
-def check_tokens(estimator, X, y=None, *, reset, n_tokens=None):
+def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False):
     """Validate ``X`` (and ``y``) and return token matrices of shape ``(n, s, d)``.
 
     ``X`` is either 3-D ``(n_samples, n_tokens, n_features)`` or 2-D
@@ -32,7 +32,12 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None):
     ``n_tokens`` tokens (``None``: one token per row); afterwards 2-D input is cut like the
     training data, so a model fitted on 3-D data accepts it flattened, and the reverse.
     Sets ``n_features_in_`` (the flattened width) and ``token_shape_`` at fit.
+    ``require_y``: a classifier's fit, for which ``y=None`` is an error.
     """
+    if require_y and y is None:
+        raise ValueError(
+            f"{type(estimator).__name__} requires y to be passed, but the target y is None."
+        )
     ndim = _ndim(X)
     if ndim in (2, 3):
         _check_not_empty(X, ndim)

@@ -290,12 +290,8 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
         # validate here so that errors name this estimator and come before any fit
-        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens)
+        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
         n = X3.shape[0]
         sw = None
         if sample_weight is not None:

@@ -125,6 +125,15 @@ class RecoveredNetwork:
         self.class_weight = est.class_weight
         self.token_shape = tuple(int(v) for v in est.token_shape_)
 
+    @classmethod
+    def _from_estimator(cls, est):
+        """One head per rank-one term of each block, the block ``p`` being gate ``p``."""
+        s, d = est.token_shape_
+        c = est.classes_.shape[0]
+        W1, W2, sig, blk = recover_heads(est.coef_, *cls._factor_shapes(s, d, c))
+        gate = blk if est.gates_ else np.full(blk.shape, -1)
+        return cls(est, W1, W2, sig, blk, gate)
+
     # -------------------------------------------------------------- summaries
     @property
     def n_heads(self):
@@ -229,13 +238,9 @@ class SelfAttentionNetwork(RecoveredNetwork):
 
     architecture = "self_attention"
 
-    @classmethod
-    def _from_estimator(cls, est):
-        s, d = est.token_shape_
-        c = est.classes_.shape[0]
-        W1, W2, sig, blk = recover_heads(est.coef_, (d, d), (d, c))
-        gate = blk if est.gates_ else np.full(blk.shape, -1)
-        return cls(est, W1, W2, sig, blk, gate)
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d, d), (d, c)
 
     def attention_masks(self, X):
         """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear)."""
@@ -283,13 +288,9 @@ class MixerNetwork(RecoveredNetwork):
 
     architecture = "mixer"
 
-    @classmethod
-    def _from_estimator(cls, est):
-        s, d = est.token_shape_
-        c = est.classes_.shape[0]
-        W1, W2, sig, blk = recover_heads(est.coef_, (s, s), (d, c))
-        gate = blk if est.gates_ else np.full(blk.shape, -1)
-        return cls(est, W1, W2, sig, blk, gate)
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (s, s), (d, c)
 
     def gate_masks(self, X):
         """``M_p = 1{H_p (X - mu) / sigma >= 0}``: ``(n, P, s, d)`` (ones if linear)."""
@@ -335,13 +336,9 @@ class TokenMLPNetwork(RecoveredNetwork):
 
     architecture = "mlp"
 
-    @classmethod
-    def _from_estimator(cls, est):
-        s, d = est.token_shape_
-        c = est.classes_.shape[0]
-        W1, W2, sig, blk = recover_heads(est.coef_, (d,), (c,))
-        gate = blk if est.gates_ else np.full(blk.shape, -1)
-        return cls(est, W1, W2, sig, blk, gate)
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d,), (c,)
 
     def _logits(self, X):
         n, s, d = X.shape

@@ -38,6 +38,29 @@ def token_sides(X, H, c):
     return xp.astype((X @ xp.matrix_transpose(H) + c) >= 0, X.dtype)
 
 
+def gate_side_clusters(est, X):
+    """Token ids of a fitted head with hyperplane gates ``gates_["H"], gates_["c"]``: the
+    sides of a token over the active gates, most important first."""
+    g = est.gates_
+    sides = token_sides(X, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
+    return sign_pattern_clusters(np.asarray(sides), est.block_norms())
+
+
+def gate_side_info(est, definition):
+    """What the ids of :func:`gate_side_clusters` mean, for ``token_cluster_info``."""
+    norms = est.block_norms()
+    order = _active_order(norms)
+    return Bunch(
+        kind="gate_sides",
+        definition=definition,
+        gates=order,
+        hyperplanes=est.gates_["H"][order],
+        offsets=est.gates_["c"][order],
+        importance=norms[order],
+        block_norms=norms,
+    )
+
+
 def self_attention_features(X, H=None, c=None):
     """Lifted self-attention features.
 
@@ -254,29 +277,19 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         return lambda X: self_attention_features(X, H, c)
 
     def _token_clusters(self, X):
-        norms = self.block_norms()
         if self.activation == "gated_relu":
-            sides = token_sides(X, self.gates_["H"].astype(X.dtype), self.gates_["c"].astype(X.dtype))
-            return sign_pattern_clusters(np.asarray(sides), norms)
+            return gate_side_clusters(self, X)
         return _leading_head_clusters(X, self.coef_[0], self.token_shape_[1])
 
     def _token_cluster_info(self):
-        norms = self.block_norms()
         if self.activation == "gated_relu":
-            order = _active_order(norms)
-            return Bunch(
-                kind="gate_sides",
-                definition=(
-                    "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                    "most important active gate; tokens with the same id attend to each "
-                    "other through every active gate"
-                ),
-                gates=order,
-                hyperplanes=self.gates_["H"][order],
-                offsets=self.gates_["c"][order],
-                importance=norms[order],
-                block_norms=norms,
+            return gate_side_info(
+                self,
+                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
+                "most important active gate; tokens with the same id attend to each "
+                "other through every active gate",
             )
+        norms = self.block_norms()
         d = self.token_shape_[1]
         c = self.classes_.shape[0]
         U, S, Vh = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)

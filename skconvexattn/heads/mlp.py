@@ -22,10 +22,10 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
+from .._base import BaseConvexHead, _active_order
 from .._gates import hyperplane_gates, prototype_gates
 from .._operator import GatedTokenOperator
-from .attention import token_sides
+from .attention import gate_side_clusters, gate_side_info, token_sides
 
 __all__ = ["ConvexMLPClassifier", "mlp_features"]
 
@@ -256,28 +256,17 @@ class ConvexMLPClassifier(BaseConvexHead):
 
     def _token_clusters(self, X):
         if self.activation == "gated_relu":
-            sides = token_sides(
-                X, self.gates_["H"].astype(X.dtype), self.gates_["c"].astype(X.dtype)
-            )
-            return sign_pattern_clusters(np.asarray(sides), self.block_norms())
+            return gate_side_clusters(self, X)
         return _leading_neuron_clusters(X, self.coef_[0])
 
     def _token_cluster_info(self):
-        norms = self.block_norms()
         if self.activation == "gated_relu":
-            order = _active_order(norms)
-            return Bunch(
-                kind="gate_sides",
-                definition=(
-                    "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                    "most important active gate"
-                ),
-                gates=order,
-                hyperplanes=self.gates_["H"][order],
-                offsets=self.gates_["c"][order],
-                importance=norms[order],
-                block_norms=norms,
+            return gate_side_info(
+                self,
+                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
+                "most important active gate",
             )
+        norms = self.block_norms()
         U, S, _ = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
         k = _active_order(S)[:8]
         return Bunch(
