@@ -15,8 +15,15 @@ __all__ = ["get_namespace", "resolve_device", "to_numpy", "cuda_available", "Bac
 
 
 def get_namespace(*arrays):
-    """Return the array-API compatible namespace of ``arrays``."""
-    return array_namespace(*arrays)
+    """Return the array-API compatible namespace of ``arrays``.
+
+    Plain NumPy arrays take a fast path (the kernels call this once per operation, and
+    ``array_namespace``'s inspection costs more than a small array operation).
+    """
+    for a in arrays:
+        if type(a) is not np.ndarray:
+            return array_namespace(*arrays)
+    return np_compat
 
 
 def cuda_available() -> bool:

@@ -17,9 +17,32 @@ from ._backend import get_namespace
 __all__ = ["LogLoss", "SquaredError", "get_datafit"]
 
 
+# Reductions along the short class axis of an ``(n, c)`` array are slow in NumPy (an inner
+# loop of length c per row: 18 us for a row sum and 43 us for a row max at n=1000, c=3,
+# against 1.8 us for a matrix-vector product), so row sums are products with a vector of
+# ones and, for few classes, the row max runs over the c columns instead.
+_COLUMN_MAX_UP_TO = 8
+
+
+def _row_sum(A, xp):
+    """``sum(A, axis=1)`` as a matrix-vector product."""
+    return A @ xp.ones((A.shape[1],), dtype=A.dtype)
+
+
+def _row_max(A, xp):
+    """``max(A, axis=1)``: elementwise over the columns when there are few of them."""
+    c = A.shape[1]
+    if c > _COLUMN_MAX_UP_TO:
+        return xp.max(A, axis=1)
+    m = A[:, 0]
+    for k in range(1, c):
+        m = xp.maximum(m, A[:, k])
+    return m
+
+
 def _logsumexp(O, xp):
-    m = xp.max(O, axis=1, keepdims=True)
-    return xp.log(xp.sum(xp.exp(O - m), axis=1)) + m[:, 0]
+    m = _row_max(O, xp)
+    return xp.log(_row_sum(xp.exp(O - m[:, None]), xp)) + m
 
 
 def _xlogx(P, xp):
@@ -40,14 +63,13 @@ class LogLoss:
 
     def value(self, O, Y, w):
         xp = get_namespace(O)
-        per_sample = _logsumexp(O, xp) - xp.sum(O * Y, axis=1)
+        per_sample = _logsumexp(O, xp) - _row_sum(O * Y, xp)
         return xp.sum(w * per_sample)
 
     def proba(self, O):
         xp = get_namespace(O)
-        m = xp.max(O, axis=1, keepdims=True)
-        E = xp.exp(O - m)
-        return E / xp.sum(E, axis=1, keepdims=True)
+        E = xp.exp(O - _row_max(O, xp)[:, None])
+        return E / _row_sum(E, xp)[:, None]
 
     def raw_gradient(self, O, Y):
         """Per-sample gradient ``theta_i = softmax(o_i) - e_{y_i}``."""
@@ -56,11 +78,11 @@ class LogLoss:
     def value_and_gradient(self, O, Y, w):
         """:meth:`value` and :meth:`raw_gradient` sharing one pass of ``exp``."""
         xp = get_namespace(O)
-        m = xp.max(O, axis=1, keepdims=True)
-        E = xp.exp(O - m)
-        S = xp.sum(E, axis=1, keepdims=True)
-        per_sample = xp.log(S[:, 0]) + m[:, 0] - xp.sum(O * Y, axis=1)
-        return xp.sum(w * per_sample), E / S - Y
+        m = _row_max(O, xp)
+        E = xp.exp(O - m[:, None])
+        S = _row_sum(E, xp)
+        per_sample = xp.log(S) + m - _row_sum(O * Y, xp)
+        return xp.sum(w * per_sample), E / S[:, None] - Y
 
     def intercept_at_zero(self, prior):
         """Optimal intercept of the all-zero model: ``log(prior)`` (softmax(b) = prior)."""
@@ -79,7 +101,7 @@ class LogLoss:
         xp = get_namespace(O)
         Q = self.proba(O)
         if fit_intercept:
-            m = xp.sum(w[:, None] * Q, axis=0)
+            m = w @ Q
             ratio = xp.min(prior / m)
             keep = xp.minimum(ratio, xp.ones_like(ratio))  # 1 - eps
             Q = keep * Q + xp.clip(prior - keep * m, 0.0, None)[None, :]
@@ -89,7 +111,7 @@ class LogLoss:
         """``-sum_i w_i l*(theta_i)``: the weighted mean entropy of ``theta_i + e_{y_i}``."""
         xp = get_namespace(theta)
         Q = xp.clip(theta + Y, 0.0, 1.0)
-        return -xp.sum(w * xp.sum(_xlogx(Q, xp), axis=1))
+        return -xp.sum(w * _row_sum(_xlogx(Q, xp), xp))
 
 
 class SquaredError:
@@ -105,7 +127,7 @@ class SquaredError:
     def value(self, O, Y, w):
         xp = get_namespace(O)
         R = O - Y
-        return 0.5 * xp.sum(w * xp.sum(R * R, axis=1))
+        return 0.5 * xp.sum(w * _row_sum(R * R, xp))
 
     def raw_gradient(self, O, Y):
         return O - Y
@@ -114,7 +136,7 @@ class SquaredError:
         """:meth:`value` and :meth:`raw_gradient` together."""
         xp = get_namespace(O)
         R = O - Y
-        return 0.5 * xp.sum(w * xp.sum(R * R, axis=1)), R
+        return 0.5 * xp.sum(w * _row_sum(R * R, xp)), R
 
     def intercept_at_zero(self, prior):
         return prior
@@ -124,12 +146,12 @@ class SquaredError:
         xp = get_namespace(O)
         theta = O - Y
         if fit_intercept:
-            theta = theta - xp.sum(w[:, None] * theta, axis=0)[None, :]
+            theta = theta - (w @ theta)[None, :]
         return theta
 
     def dual_value(self, theta, Y, w):
         xp = get_namespace(theta)
-        per_sample = 0.5 * xp.sum(theta * theta, axis=1) + xp.sum(theta * Y, axis=1)
+        per_sample = _row_sum(theta * (0.5 * theta + Y), xp)
         return -xp.sum(w * per_sample)
 
 

@@ -58,7 +58,8 @@ class BlockNuclearNorm:
             if out is not None:
                 return out
         U, S, Vh = xp.linalg.svd(Z, full_matrices=False)
-        S = xp.clip(S - threshold, 0.0, None)
+        S = S - threshold
+        S = xp.maximum(S, xp.zeros_like(S))
         return (U * S[:, None, :]) @ Vh, S
 
     def _prox_gram(self, Z, threshold, xp):

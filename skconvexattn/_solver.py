@@ -47,7 +47,11 @@ class SolverResult:
 
 def _vdot(a, b, xp):
     """Inner product accumulated in float64 (float32 sums of squares overflow and drift)."""
-    return xp.sum(xp.astype(a, xp.float64) * xp.astype(b, xp.float64))
+    if a.dtype != xp.float64:
+        a = xp.astype(a, xp.float64)
+    if b.dtype != xp.float64:
+        b = xp.astype(b, xp.float64)
+    return xp.sum(a * b)
 
 
 class _ScaledOperator:
@@ -272,10 +276,9 @@ def fista(
 
     while not converged and it < max_iter:
         it += 1
-        fy, Uy = datafit.value_and_gradient(Oy, Y, w)
-        Uy = w[:, None] * Uy
-        g = op.adjoint(Uy)
-        gb = xp.sum(Uy, axis=0) if fit_intercept else None
+        fy, Gy = datafit.value_and_gradient(Oy, Y, w)
+        g = op.adjoint(w[:, None] * Gy)
+        gb = w @ Gy if fit_intercept else None  # column sums as a matrix-vector product
         if streak >= grow_after:
             t *= step_growth
             streak = 0
@@ -285,15 +288,16 @@ def fista(
             b_new = by - t * gb if fit_intercept else b
             O_new = op.forward(x_new) + b_new[None, :]
             f_new = datafit.value(O_new, Y, w)
+            # quadratic model <g, d> + |d|^2 / (2 t) of the step d = x_new - y
             d = x_new - y
-            quad = _vdot(g, d, xp) + _vdot(d, d, xp) / (2 * t)
+            quad = _vdot(g + (0.5 / t) * d, d, xp)
             if fit_intercept:
                 db = b_new - by
-                quad = quad + _vdot(gb, db, xp) + _vdot(db, db, xp) / (2 * t)
+                quad = quad + _vdot(gb + (0.5 / t) * db, db, xp)
             # restart test (O'Donoghue & Candes): <y - x_new, x_new - x> > 0
-            r = _vdot(y - x_new, x_new - x, xp)
+            r = -_vdot(d, x_new - x, xp)
             if fit_intercept:
-                r = r + _vdot(by - b_new, b_new - b, xp)
+                r = r - _vdot(db, b_new - b, xp)
             excess, restart, fy_host = (
                 float(v) for v in to_numpy(xp.stack([f_new - fy - quad, r, fy]))
             )
