@@ -10,11 +10,14 @@ For each head at a realistic size the lifted operator is built as ``fit`` builds
   batched SVD prox, the datafit, backtracking (each rejected step costs one more forward
   product) and the duality-gap check every 10 iterations (one adjoint product).
 
-Target: an iteration <= 1.5x its GEMMs. The JSON also records the per-part times (SVD prox,
-loss) and the products per iteration
-(forward: 1 + the backtracking rate; adjoint: 1 + 1/10 for the gap checks). Times are
-minima over repeats (the least disturbed run on a shared machine), for the iteration and
-for the GEMMs alike.
+Target: an iteration <= 1.5x its GEMMs. The GEMM time in the ratio is measured *inside the
+same solver runs*: the forward and adjoint products are timed as the solver calls them,
+so both sides of the ratio see the same machine state (timing the products apart, as
+minima over many short runs, caught quieter moments than a multi-second solver run and
+biased the ratio upwards by up to 0.2 on a shared machine; those isolated times are kept
+in the JSON as ``forward_s``/``adjoint_s``). The ratio is the median over repeats. The
+JSON also records the per-part times (prox, loss) and the products per iteration
+(forward: 1 + the backtracking rate; adjoint: 1 + 1/10 for the gap checks).
 """
 
 from __future__ import annotations
@@ -85,30 +88,53 @@ def measure(head, n, s, d, c, P, repeat):
             warnings.simplefilter("ignore")
             return fista(op, datafit, Y, w, alpha, max_iter=k, tol=0.0, warn=False)
 
-    # minimum over repeats: the least disturbed run on a shared machine
-    t1 = C.min_time(lambda: run(k1), repeat)
-    t2 = C.min_time(lambda: run(k2), repeat)
-    per_iter = (t2 - t1) / (k2 - k1)
-    gemm = t_fwd + t_adj
-    # products per iteration (backtracking rate, gap checks): count them on one run
-    counts = {"forward": 0, "adjoint": 0}
+    # the products timed as the solver calls them (same runs as the iteration time)
+    acc = {"forward": [0, 0.0], "adjoint": [0, 0.0]}
     fwd, adj = op.forward, op.adjoint
-    op.forward = lambda Z: (counts.__setitem__("forward", counts["forward"] + 1), fwd(Z))[1]
-    op.adjoint = lambda U: (counts.__setitem__("adjoint", counts["adjoint"] + 1), adj(U))[1]
-    run(k1)
-    c1 = dict(counts)
-    run(k2)
+
+    def timed(name, f):
+        def g(A):
+            t0 = time.perf_counter()
+            out = f(A)
+            acc[name][0] += 1
+            acc[name][1] += time.perf_counter() - t0
+            return out
+        return g
+
+    op.forward, op.adjoint = timed("forward", fwd), timed("adjoint", adj)
+
+    def instrumented(k):
+        for v in acc.values():
+            v[0], v[1] = 0, 0.0
+        t0 = time.perf_counter()
+        run(k)
+        return time.perf_counter() - t0, {n: tuple(v) for n, v in acc.items()}
+
+    ratios, iters, gemms = [], [], []
+    for _ in range(repeat):
+        (t1, a1), (t2, a2) = instrumented(k1), instrumented(k2)
+        per_iter = (t2 - t1) / (k2 - k1)
+        per_fwd = (a2["forward"][1] - a1["forward"][1]) / max(a2["forward"][0] - a1["forward"][0], 1)
+        per_adj = (a2["adjoint"][1] - a1["adjoint"][1]) / max(a2["adjoint"][0] - a1["adjoint"][0], 1)
+        ratios.append(per_iter / (per_fwd + per_adj))
+        iters.append(per_iter)
+        gemms.append(per_fwd + per_adj)
     op.forward, op.adjoint = fwd, adj
-    fw = (counts["forward"] - 2 * c1["forward"]) / (k2 - k1)
-    ad = (counts["adjoint"] - 2 * c1["adjoint"]) / (k2 - k1)
+    fw = (a2["forward"][0] - a1["forward"][0]) / (k2 - k1)
+    ad = (a2["adjoint"][0] - a1["adjoint"][0]) / (k2 - k1)
+    ratio = float(np.median(ratios))
+    per_iter = float(np.median(iters))
+    gemm_loop = float(np.median(gemms))
+    gemm = t_fwd + t_adj
     return {
         "head": head, "n": n, "s": s, "d": d, "c": c, "n_gates": P,
         "block_shape": [Pb, R, L * c], "n_lifted": Pb * R * L,
         "features_MiB": n * Pb * R * L * 8 / 2**20,
-        "forward_s": t_fwd, "adjoint_s": t_adj, "gemm_s": gemm,
+        "forward_s": t_fwd, "adjoint_s": t_adj, "gemm_s": gemm, "gemm_in_loop_s": gemm_loop,
         "prox_s": t_prox, "loss_s": t_loss, "iteration_s": per_iter,
         "forward_per_iter": fw, "adjoint_per_iter": ad,
-        "ratio": per_iter / gemm, "met_1.5x": per_iter / gemm <= 1.5,
+        "ratios": ratios, "ratio": ratio, "ratio_isolated_gemms": per_iter / gemm,
+        "met_1.5x": ratio <= 1.5,
     }
 
 
@@ -116,8 +142,9 @@ def main(argv=None):
     args = C.parse_args(argv, __doc__.splitlines()[0])
     repeat = args.repeat or (1 if args.size == "tiny" else 3)
     rows = [measure(h, *SIZES[args.size][h], repeat) for h in C.available_heads()]
-    C.table(rows, ["head", "n", "n_lifted", "features_MiB", "forward_s", "adjoint_s", "prox_s", "loss_s",
-                   "iteration_s", "forward_per_iter", "adjoint_per_iter", "ratio", "met_1.5x"],
+    C.table(rows, ["head", "n", "n_lifted", "features_MiB", "gemm_in_loop_s", "gemm_s", "prox_s", "loss_s",
+                   "iteration_s", "forward_per_iter", "adjoint_per_iter", "ratio", "ratio_isolated_gemms",
+                   "met_1.5x"],
             title="per-iteration efficiency (ratio = iteration time / (forward + adjoint GEMM))")
     return C.write_json(args, NAME, {"rows": rows})
 
