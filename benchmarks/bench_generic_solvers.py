@@ -10,7 +10,11 @@ wall time of the cheapest cold ``fit`` (over decreasing ``tol``) whose objective
 ``1e-6`` relative of the reference's, features and gates included.
 
 Speed-up = reference solver time / our time (the solver's own time, cvxpy's compilation
-excluded: the conservative choice); the total ``prob.solve`` time is recorded too.
+excluded: the conservative choice); the total ``prob.solve`` time is recorded too. The
+target is judged on that certified time. ``reach_s`` / ``speedup_reach`` report, besides,
+when our iterate first reaches the reference's objective (uncertified: see
+``_common.time_to_reach``); the difference is the certificate's tail, where the duality gap
+shrinks like the distance to the optimum rather than the suboptimality.
 Targets: >= 100x against CLARABEL and >= 10x against SCS wherever the reference needs
 >= 1 s.
 """
@@ -121,7 +125,14 @@ def run_case(head, n, s, d, c, P, repeat):
             ours, tol, f_ours, n_iter = C.time_to_objective(
                 lambda t: cls(alpha=alpha, tol=t, **kw), X, y, target, repeat=repeat
             )
+            reach, reach_iter = C.time_to_reach(
+                lambda t, m: cls(alpha=alpha, tol=t, **{**kw, "max_iter": m}), X, y, target,
+                max_iter=max(2 * n_iter, 50), repeat=repeat,
+            )
             rec.update(
+                reach_time=reach,
+                reach_n_iter=reach_iter,
+                speedup_reach=C.ratio(solve_time, reach),
                 f_ref=f_ref,
                 ref_rel_excess=(f_ref - f_star) / abs(f_star),
                 our_time=ours,
@@ -157,11 +168,15 @@ def main(argv=None):
                 "K": r["n_lifted"], "solver": solver, "ref_s": rec.get("solve_time", math.nan),
                 "ref_excess": rec.get("ref_rel_excess", math.nan),
                 "ours_s": rec.get("our_time", math.nan), "speedup": rec.get("speedup_solve", math.nan),
+                "reach_s": rec.get("reach_time", math.nan),
+                "speedup_reach": rec.get("speedup_reach", math.nan),
                 "target": f">={target:g}x" if applies else "(ref<1s)",
                 "met": (rec.get("speedup_solve", 0) >= target) if applies else "",
             })
-    C.table(flat, ["head", "n", "s", "d", "P", "K", "solver", "ref_s", "ref_excess", "ours_s", "speedup", "target", "met"],
-            title="vs generic convex solvers (speed-up = reference solve time / our time to its objective)")
+    C.table(flat, ["head", "n", "s", "d", "P", "K", "solver", "ref_s", "ref_excess", "ours_s", "speedup", "target", "met",
+                   "reach_s", "speedup_reach"],
+            title="vs generic convex solvers (speed-up = reference solve time / our certified fit's time to its "
+                  "objective; reach: when our iterate first gets there, uncertified)")
     return C.write_json(args, NAME, {"alpha_fraction_of_alpha_max": ALPHA_FRACTION, "rows": rows, "table": flat})
 
 
