@@ -30,13 +30,15 @@ SIZES = {
 
 
 def main(argv=None):
-    args = C.parse_args(argv, __doc__.splitlines()[0])
+    args = C.parse_args(argv, __doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--heads", default=None, help="comma-separated heads (default: all)"))
+    heads = args.heads.split(",") if args.heads else C.available_heads()
     repeat = args.repeat or (1 if args.size == "tiny" else 3)
     from skconvexattn import model_selection as ms
 
     rows = []
     for head, (n, s, d, c, P) in SIZES[args.size].items():
-        if head not in C.available_heads():
+        if head not in heads:
             continue
         cls = C.head_class(head)
         X, y = C.make_data(n, s, d, c, seed=0)
