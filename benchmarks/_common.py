@@ -25,14 +25,21 @@ SIZES = ("tiny", "quick", "full")
 
 
 # ----------------------------------------------------------------------------- CLI / env
-def parse_args(argv, description, extra=None):
+def parse_args(argv, description, extra=None, heads=False):
+    """The options every script takes; ``heads=True`` adds ``--heads`` (comma-separated),
+    returned as a list that defaults to every available head."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--size", choices=SIZES, default="quick")
     p.add_argument("--out", default=str(RESULTS), help="folder of the JSON results")
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (median)")
+    if heads:
+        p.add_argument("--heads", default=None, help="comma-separated heads (default: all)")
     if extra is not None:
         extra(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if heads:
+        args.heads = args.heads.split(",") if args.heads else available_heads()
+    return args
 
 
 def environment():

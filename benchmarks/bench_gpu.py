@@ -63,16 +63,14 @@ def data(n, s, d, c, seed=0):
 
 
 def main(argv=None):
-    args = C.parse_args(argv, __doc__.splitlines()[0],
-                        extra=lambda p: p.add_argument("--heads", default=None,
-                                                       help="comma-separated heads (default: all)"))
+    args = C.parse_args(argv, __doc__.splitlines()[0], heads=True)
     cfg = SIZES[args.size]
     info = gpu_info()
     if info is None and args.size != "tiny":
         print("no GPU: CuPy is not installed or sees no CUDA device -- nothing run")
         return C.write_json(args, NAME, {"status": "no GPU", "config": cfg})
     device = "cuda" if info is not None else "cpu"
-    heads = args.heads.split(",") if args.heads else C.available_heads()
+    heads = args.heads
     budget = 0.8 * info["free_GiB"] if info is not None else 2.0
     rows = []
     for head in heads:

@@ -30,9 +30,8 @@ SIZES = {
 
 
 def main(argv=None):
-    args = C.parse_args(argv, __doc__.splitlines()[0], extra=lambda p: p.add_argument(
-        "--heads", default=None, help="comma-separated heads (default: all)"))
-    heads = args.heads.split(",") if args.heads else C.available_heads()
+    args = C.parse_args(argv, __doc__.splitlines()[0], heads=True)
+    heads = args.heads
     repeat = args.repeat or (1 if args.size == "tiny" else 3)
     from skconvexattn import model_selection as ms
 

@@ -96,6 +96,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return LiftedOperator(
             self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center
         )
+
     def _work_per_sample(self, s, d):
         P, R, L = self._block_shape(s, d)
         return 2 * P * R * L

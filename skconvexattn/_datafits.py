@@ -40,9 +40,17 @@ def _row_max(A, xp):
     return m
 
 
-def _logsumexp(O, xp):
+def _shifted_exp(O, xp):
+    """``m = max(O, axis=1)``, ``E = exp(O - m)`` and the row sums ``S`` of ``E``: the
+    overflow-safe pieces of ``logsumexp = log(S) + m`` and ``softmax = E / S``."""
     m = _row_max(O, xp)
-    return xp.log(_row_sum(xp.exp(O - m[:, None]), xp)) + m
+    E = xp.exp(O - m[:, None])
+    return m, E, _row_sum(E, xp)
+
+
+def _logsumexp(O, xp):
+    m, _, S = _shifted_exp(O, xp)
+    return xp.log(S) + m
 
 
 def _xlogx(P, xp):
@@ -68,8 +76,8 @@ class LogLoss:
 
     def proba(self, O):
         xp = get_namespace(O)
-        E = xp.exp(O - _row_max(O, xp)[:, None])
-        return E / _row_sum(E, xp)[:, None]
+        _, E, S = _shifted_exp(O, xp)
+        return E / S[:, None]
 
     def raw_gradient(self, O, Y):
         """Per-sample gradient ``theta_i = softmax(o_i) - e_{y_i}``."""
@@ -78,9 +86,7 @@ class LogLoss:
     def value_and_gradient(self, O, Y, w):
         """:meth:`value` and :meth:`raw_gradient` sharing one pass of ``exp``."""
         xp = get_namespace(O)
-        m = _row_max(O, xp)
-        E = xp.exp(O - m[:, None])
-        S = _row_sum(E, xp)
+        m, E, S = _shifted_exp(O, xp)
         per_sample = xp.log(S) + m - _row_sum(O * Y, xp)
         return xp.sum(w * per_sample), E / S[:, None] - Y
 
@@ -143,7 +149,6 @@ class SquaredError:
 
     def dual_candidate(self, O, Y, w, prior, fit_intercept):
         """The residual, centred (weighted) when there is an intercept."""
-        xp = get_namespace(O)
         theta = O - Y
         if fit_intercept:
             theta = theta - (w @ theta)[None, :]

@@ -100,7 +100,8 @@ class BlockNuclearNorm:
         # batched products on BLAS (NumPy loops without it over strided ones: 2.4x slower)
         Vk = xp.asarray(V[:, :, k - n_keep :], copy=True)
         sk = s[:, k - n_keep :]
-        scale = xp.where(sk > thr, (sk - thr) / xp.where(sk > 0, sk, xp.ones_like(sk)), xp.zeros_like(sk))
+        # (s - thr)_+ / s on the kept columns: zero wherever s <= thr (s = 0 included)
+        scale = S_new[:, k - n_keep :] / xp.where(sk > thr, sk, xp.ones_like(sk))
         if tall:
             out = ((Z64 @ Vk) * scale[:, None, :]) @ xp.matrix_transpose(Vk)
         else:

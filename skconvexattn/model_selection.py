@@ -119,9 +119,10 @@ def regularization_path(
 ):
     """Fit ``estimator`` along decreasing ``alphas``, each fit warm-started from the last.
 
-    From the third value on, the warm start is the better (by objective) of the previous
-    solution and its secant extrapolation in ``log(alpha)`` from the two previous ones;
-    the line search starts from the previous fit's final step.
+    From the third value on, the warm start is the best (by objective) of the previous
+    solution and its secant and quadratic extrapolations in ``log(alpha)`` from the last
+    two and three solutions (see :func:`_predict_on_path`); the line search starts from
+    the previous fit's final step.
 
     Parameters
     ----------
@@ -157,7 +158,7 @@ def regularization_path(
         alphas = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
     out = {k: [] for k in ("n_iter", "fit_time", "objective", "dual_gap", "converged")}
     out.update(scores=[], coefs=[], intercepts=[])
-    previous = []  # the last two solutions and their log-alphas
+    previous = []  # the last three solutions and their log-alphas
     for a in alphas:
         head.set_params(alpha=float(a))
         log_a = math.log(a) if a > 0 else None  # a non-positive alpha fails in fit
