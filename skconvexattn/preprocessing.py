@@ -36,9 +36,10 @@ from sklearn.utils.validation import (
     check_is_fitted,
 )
 
+from ._padding import pad_tokens, padding_mask
 from ._validation import check_tokens
 
-__all__ = ["TokenStandardScaler", "TokenPCA"]
+__all__ = ["TokenStandardScaler", "TokenPCA", "pad_tokens", "padding_mask"]
 
 _FLOATS = [np.float64, np.float32]
 
