@@ -15,9 +15,18 @@ __all__ = ["token_moments", "hyperplane_gates", "prototype_gates"]
 
 
 def token_moments(X, w):
-    """Weighted mean and scale of token features over all tokens; ``X`` is ``(n, s, d)``."""
-    tw = np.broadcast_to(w[:, None], X.shape[:2]).reshape(-1)
-    T = X.reshape(-1, X.shape[2]).astype(np.float64)
+    """Weighted mean and scale of token features over all real tokens.
+
+    ``X`` is ``(n, s, d)``; padding tokens (rows entirely NaN) are left out: every real
+    token of sample ``i`` has weight ``w[i]``.
+    """
+    d = X.shape[2]
+    T = X.reshape(-1, d)
+    tw = np.broadcast_to(np.asarray(w, dtype=np.float64)[:, None], X.shape[:2]).reshape(-1)
+    real = ~np.isnan(T[:, 0])
+    if not real.all():
+        T, tw = T[real], tw[real]
+    T = T.astype(np.float64)
     tw = tw / tw.sum()
     mu = tw @ T
     var = tw @ (T - mu) ** 2
@@ -72,7 +81,7 @@ def prototype_gates(rng, n_gates, X, w, mu, sigma, n_refine=5, chunk_tokens=6553
     rng : numpy.random.RandomState
     n_gates : int
     X : ndarray of shape (n, s, d)
-        Training tokens.
+        Training tokens; padding tokens (rows entirely NaN) are ignored.
     w : ndarray of shape (n,)
         Sample weights (non-negative).
     mu, sigma : ndarray of shape (d,)
@@ -95,6 +104,9 @@ def prototype_gates(rng, n_gates, X, w, mu, sigma, n_refine=5, chunk_tokens=6553
     keep = np.asarray(w) > 0
     Xk = X[keep].reshape(-1, d)
     tw = np.repeat(np.asarray(w, dtype=np.float64)[keep], s)
+    real = ~np.isnan(Xk[:, 0])  # padding tokens are never prototypes nor counted
+    if not real.all():
+        Xk, tw = Xk[real], tw[real]
     N = Xk.shape[0]
     Zs = rng.standard_normal((n_gates, d))
     qs = rng.uniform(size=n_gates)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["padding_mask", "pad_tokens"]
+from ._backend import get_namespace
+
+__all__ = ["padding_mask", "pad_tokens", "split_padding"]
 
 
 def padding_mask(X):
@@ -100,3 +102,32 @@ def pad_tokens(sequences, *, max_tokens=None, dtype=None):
         k = min(a.shape[0], max_tokens)
         X[i, :k] = a[:k]
     return X
+
+
+def split_padding(X):
+    """Padding tokens set to zero, the real-token mask and the real-token counts.
+
+    The heads' kernels call this on every chunk of validated tokens (where a row with a
+    NaN is entirely NaN, see :func:`~skconvexattn._validation.check_tokens`), in the
+    namespace of ``X`` (NumPy, CuPy or any array-API library).
+
+    Parameters
+    ----------
+    X : array of shape (m, s, d)
+        Token matrices whose padding rows are NaN.
+
+    Returns
+    -------
+    X0 : array of shape (m, s, d)
+        ``X`` with the padding rows replaced by zeros.
+    real : array of shape (m, s)
+        1.0 on real tokens, 0.0 on padding, in the dtype of ``X``.
+    counts : array of shape (m,)
+        ``s_i``, the number of real tokens of each sample (``s`` without padding), in the
+        dtype of ``X``: the heads pool with ``1 / s_i``.
+    """
+    xp = get_namespace(X)
+    pad = xp.isnan(X[:, :, 0])
+    X0 = xp.where(pad[:, :, None], xp.zeros_like(X), X)
+    real = xp.astype(xp.logical_not(pad), X.dtype)
+    return X0, real, xp.sum(real, axis=1)

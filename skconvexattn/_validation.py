@@ -32,6 +32,11 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
     ``n_tokens`` tokens (``None``: one token per row); afterwards 2-D input is cut like the
     training data, so a model fitted on 3-D data accepts it flattened, and the reverse.
     Sets ``n_features_in_`` (the flattened width) and ``token_shape_`` at fit.
+
+    Padding: a token row whose every feature is NaN is a padding token
+    (:func:`~skconvexattn.preprocessing.padding_mask`) and is returned as is (NaN); every
+    sample must keep at least one real token. A row with only some NaN features, or any
+    infinite value, is an error.
     ``require_y``: a classifier's fit, for which ``y=None`` is an error.
     """
     if require_y and y is None:
@@ -74,7 +79,6 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
                 flat, y = validate_data(
                     estimator, X, y, reset=reset, dtype=_FLOATS, ensure_all_finite=False
                 )
-        _check_finite(flat)
         n, f = flat.shape
         if reset:
             s = 1 if n_tokens is None else int(n_tokens)
@@ -89,6 +93,7 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
         else:
             s, d = estimator.token_shape_
         X3 = flat.reshape(n, s, d)
+        _check_finite(X3)
     else:
         shape = getattr(X, "shape", None)
         raise ValueError(
@@ -152,22 +157,45 @@ def _check_n_labels(X, y):
 
 
 def _check_finite(X):
-    """NaN or inf in the validated float array: say which, how many, and the fix."""
+    """Validate the values of the ``(n, s, d)`` float array ``X``.
+
+    Token rows entirely NaN are padding and allowed, as long as every sample keeps a real
+    token; any other NaN (a row with *some* NaN features) or infinity is an error saying
+    which, how many, and the fix.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(np.sum(X)):  # a finite sum means every entry is finite
             return
-    n_nan = int(np.count_nonzero(np.isnan(X)))
+    nan = np.isnan(X)
     n_inf = int(np.count_nonzero(np.isinf(X)))
-    if not n_nan and not n_inf:  # the sum overflowed; the entries are finite
-        return
+    pad = nan.all(axis=2)  # (n, s): padding tokens
+    n_nan = int(np.count_nonzero(nan)) - int(np.count_nonzero(pad)) * X.shape[2]
+    if not n_nan and not n_inf:
+        if pad.any():
+            empty = np.flatnonzero(pad.all(axis=1))
+            if empty.size:
+                raise ValueError(
+                    f"{empty.size} sample(s) of X (e.g. sample {int(empty[0])}) have only "
+                    "padding tokens (token rows entirely NaN); every sample needs at least "
+                    "one real token. Drop those samples before calling this method."
+                )
+        return  # padding only, or the sum overflowed while the entries are finite
     what = []
     if n_nan:
         what.append(f"NaN ({n_nan} value{'s' * (n_nan > 1)})")
     if n_inf:
         what.append(f"infinity ({n_inf} value{'s' * (n_inf > 1)})")
+    hint = ""
+    if n_nan:
+        i, t = (int(v) for v in np.argwhere(nan.any(axis=2) & ~pad)[0])
+        hint = (
+            f" Token rows with only some NaN features are not padding (e.g. sample {i}, "
+            f"token {t}); a padding token must be NaN in all {X.shape[2]} features."
+        )
     raise ValueError(
-        f"Input X contains {' and '.join(what)}; the token features must be finite. "
-        "Impute missing values (e.g. sklearn.impute.SimpleImputer on "
+        f"Input X contains {' and '.join(what)}; the token features must be finite."
+        + hint
+        + " Impute missing values (e.g. sklearn.impute.SimpleImputer on "
         "X.reshape(-1, n_features)), drop the affected samples, or replace infinite "
         "values (np.nan_to_num, clipping) before calling this method."
     )

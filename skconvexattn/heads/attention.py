@@ -17,6 +17,11 @@ the features without ever forming the ``s x s`` masks:
 
 (and the same for side 0): two batched GEMMs per gate. With ``activation='linear'`` the
 mask is all ones and ``Phi = xbar (x) X^T X``.
+
+Padding. Padding tokens (rows entirely NaN) are set to zero and are on neither side of
+any gate, so no token attends to them, and the pooling divides by the number ``s_i`` of
+real tokens of the sample instead of ``s``: the features of a padded sample are those of
+the sample without its padding rows, wherever the padding sits.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sklearn.utils._param_validation import StrOptions
 from .._backend import get_namespace
 from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
 from .._gates import hyperplane_gates, prototype_gates
+from .._padding import split_padding
 
 __all__ = ["ConvexSelfAttentionClassifier", "self_attention_features", "token_sides"]
 
@@ -42,8 +48,16 @@ def gate_side_clusters(est, X):
     """Token ids of a fitted head with hyperplane gates ``gates_["H"], gates_["c"]``: the
     sides of a token over the active gates, most important first."""
     g = est.gates_
-    sides = token_sides(X, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
-    return sign_pattern_clusters(np.asarray(sides), est.block_norms())
+    X0, real, _ = split_padding(X)
+    sides = token_sides(X0, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
+    return _padding_ids(sign_pattern_clusters(np.asarray(sides), est.block_norms()), real)
+
+
+def _padding_ids(ids, real):
+    """Token ids with padding tokens (``real == 0``) set to -1."""
+    ids = np.array(ids, dtype=np.int64)
+    ids[np.asarray(real) == 0] = -1
+    return ids
 
 
 def gate_side_info(est, definition):
@@ -67,31 +81,36 @@ def self_attention_features(X, H=None, c=None):
     Parameters
     ----------
     X : array of shape (m, s, d)
+        Token matrices; rows entirely NaN are padding (zero, on no side of any gate,
+        left out of the pooling).
     H, c : arrays of shape (P, d) and (P,), or None
         Gate hyperplanes; ``None`` for the linear activation (one block).
 
     Returns
     -------
     Phi : array of shape (m, P, d*d, d)
-        Rows ``(a, k)``, columns ``l``.
+        Rows ``(a, k)``, columns ``l``; pooled with ``1 / s_i`` (``s_i`` real tokens).
     """
     xp = get_namespace(X)
     m, s, d = X.shape
+    X, real, counts = split_padding(X)
     XT = xp.matrix_transpose(X)  # (m, d, s)
     if H is None:
         S = xp.sum(X, axis=1)  # (m, d)
         G = XT @ X  # (m, d, d)
-        Phi = S[:, :, None, None] * G[:, None, :, :] / s
+        Phi = S[:, :, None, None] * G[:, None, :, :] / counts[:, None, None, None]
         return xp.reshape(Phi, (m, 1, d * d, d))
     P = H.shape[0]
-    side = xp.permute_dims(token_sides(X, H, c), (0, 2, 1))  # (m, P, s)
+    # padding tokens are on neither side: the masks are zero there
+    side = xp.permute_dims(token_sides(X, H, c) * real[:, :, None], (0, 2, 1))  # (m, P, s)
+    on = real[:, None, :]
     Phi = None
-    for mask in (side, 1.0 - side):
+    for mask in (side, on - side):
         Sx = mask @ X  # (m, P, d)
         Gx = (XT[:, None, :, :] * mask[:, :, None, :]) @ X[:, None, :, :]  # (m, P, d, d)
         part = Sx[:, :, :, None, None] * Gx[:, :, None, :, :]
         Phi = part if Phi is None else Phi + part
-    return xp.reshape(Phi / s, (m, P, d * d, d))
+    return xp.reshape(Phi / counts[:, None, None, None, None], (m, P, d * d, d))
 
 
 class ConvexSelfAttentionClassifier(BaseConvexHead):
@@ -324,12 +343,12 @@ def _leading_head_clusters(X, Z, d, max_heads=_MAX_HEADS):
     token alone (the same token gets the same id in every sample)."""
     U, S, Vh = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
     k = _active_order(S)[:max_heads]
+    X, real, _ = split_padding(np.asarray(X, dtype=np.float64))
     if k.size == 0:
-        return np.zeros(X.shape[:2], dtype=np.int64)
+        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
     c = Vh.shape[1] // d
     W1 = U[:, k].T.reshape(k.size, d, d)  # (heads, d, d): rows a (query), columns k (key)
     W2 = Vh[k].reshape(k.size, d, c)  # (heads, d, c)
-    X = np.asarray(X, dtype=np.float64)
     key = np.linalg.norm(np.einsum("jak,ntk->ntja", W1, X), axis=3)  # ||U_j x_t||
     val = np.linalg.norm(np.einsum("ntl,jlb->ntjb", X, W2), axis=3)  # ||V_j^T x_t||
-    return np.argmax(S[k] * key * val, axis=2)
+    return _padding_ids(np.argmax(S[k] * key * val, axis=2), real)

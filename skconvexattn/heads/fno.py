@@ -25,6 +25,19 @@ convolution of the token-standardised sample ``Xtilde_i = (X_i - mu) / sigma`` (
 needed: the standardised pre-activations have zero mean over the training tokens, so every
 gate splits the tokens roughly in half.
 
+Padding. Padding tokens (rows entirely NaN) are zero tokens of the sequence: the circular
+convolutions (of the gates and of the kernels) run over the full length ``s`` with the
+padding positions as zeros, every gate mask is zero at padding positions (no output is
+read there) and the pooling divides by the number ``s_i`` of real tokens,
+
+    Phi_i^(p)[tau, f] = (1/s_i) sum_{t real} D_p^(i)[t] X_i[(t - tau) mod s, f].
+
+So padding is part of the sequence geometry: the logits are those of the zero-filled
+sequence pooled over its real positions. Trailing padding to ``s >= 2 s' - 1`` makes the
+circular convolution of ``s'`` real tokens a linear (non-wrapping) one; the linear
+activation's mask is the real-token indicator (the reduction to a head on the mean token
+holds without padding only).
+
 Fourier modes. With ``n_modes`` the kernels are restricted to the lowest ``n_modes``
 frequencies ``k = 0, ..., n_modes - 1`` of the real DFT along the tokens (FNO's ``modes``):
 ``K = B W`` with ``B`` (``s x M``) the orthonormal real Fourier basis of those frequencies,
@@ -53,8 +66,9 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .._backend import get_namespace
+from .._backend import get_namespace, to_numpy
 from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
+from .._padding import split_padding
 
 __all__ = [
     "ConvexFNOClassifier",
@@ -139,18 +153,28 @@ def circular_convolution(X, kernels):
     return xp.fft.irfft(Uh, n=s, axis=-1)
 
 
+def _gate_masks(X0, real, kernels, mu, sigma):
+    """Gate masks of zero-padded tokens ``X0`` with real-token mask ``real``."""
+    xp = get_namespace(X0)
+    Xt = X0
+    if mu is not None:
+        Xt = Xt - mu
+    if sigma is not None:
+        Xt = Xt / sigma
+    Xt = Xt * real[:, :, None]  # padding stays a zero token after standardisation
+    return xp.astype(circular_convolution(Xt, kernels) >= 0, X0.dtype) * real[:, None, :]
+
+
 def fno_gate_masks(X, kernels, mu=None, sigma=None):
     """Gate masks ``D_p[t] = 1{(C((X - mu) / sigma) h_p)[t] >= 0}``, shape ``(m, P, s)``.
 
     ``mu`` and ``sigma`` (shape ``(d,)``) standardise the token features; ``None`` means 0
-    and 1. The masks have the dtype of ``X`` (0.0 or 1.0).
+    and 1. The masks have the dtype of ``X`` (0.0 or 1.0). Padding tokens (rows of ``X``
+    entirely NaN) are zero tokens of the standardised sequence, and the masks are zero at
+    padding positions.
     """
-    xp = get_namespace(X)
-    if mu is not None:
-        X = X - mu
-    if sigma is not None:
-        X = X / sigma
-    return xp.astype(circular_convolution(X, kernels) >= 0, X.dtype)
+    X0, real, _ = split_padding(X)
+    return _gate_masks(X0, real, kernels, mu, sigma)
 
 
 def _real_modes(Ph, s, n_modes):
@@ -196,8 +220,11 @@ def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None)
     ----------
     X : array of shape (m, s, d)
         Token matrices; tokens in sequence order (the convolution is circular along it).
+        Rows entirely NaN are padding: zero tokens, no output read there, left out of
+        the pooling (see the module docstring).
     kernels : array of shape (P, s, d), or None
-        Gate kernels ``h_p``; ``None`` for the linear activation (one all-ones gate).
+        Gate kernels ``h_p``; ``None`` for the linear activation (one gate, one on the
+        real positions).
     n_modes : int or None
         Keep the lowest ``n_modes`` Fourier frequencies of the kernels (features
         ``B^T Phi``, see :func:`fourier_basis`); ``None`` keeps the token domain ``tau``.
@@ -214,7 +241,13 @@ def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None)
     """
     xp = get_namespace(X)
     m, s, d = X.shape
-    if kernels is None:
+    X, real, counts = split_padding(X)
+    D = None
+    if kernels is not None:
+        D = _gate_masks(X, real, kernels, mu, sigma)  # (m, P, s)
+    elif float(to_numpy(xp.min(counts))) < s:
+        D = real[:, None, :]  # linear with padding: the mask of the real positions
+    if D is None:
         # all-ones gate: Phi[tau, f] = xbar[f] for every tau (B^T 1 = sqrt(s) e_0)
         xbar = xp.mean(X, axis=1)[:, None, None, :]  # (m, 1, 1, d)
         if n_modes is None:
@@ -223,10 +256,9 @@ def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None)
             rest = xp.zeros((m, 1, _n_columns(s, n_modes) - 1, d), dtype=X.dtype, device=_device(X))
             Phi = xp.concat([xbar * math.sqrt(s), rest], axis=2)
     else:
-        D = fno_gate_masks(X, kernels, mu, sigma)  # (m, P, s)
         Xh = xp.fft.rfft(X, axis=1)  # (m, F, d)
         Dh = xp.fft.rfft(D, axis=-1)  # (m, P, F)
-        Ph = xp.conj(Xh)[:, None, :, :] * Dh[:, :, :, None] / s  # DFT of Phi along tau
+        Ph = xp.conj(Xh)[:, None, :, :] * Dh[:, :, :, None] / counts[:, None, None, None]
         if n_modes is None:
             Phi = xp.fft.irfft(Ph, n=s, axis=2)  # (m, P, s, d)
         else:
@@ -475,8 +507,11 @@ class ConvexFNOClassifier(BaseConvexHead):
             D = fno_gate_masks(
                 X, g["H"].astype(X.dtype), g["mu"].astype(X.dtype), g["sigma"].astype(X.dtype)
             )
-            return sign_pattern_clusters(np.transpose(np.asarray(D), (0, 2, 1)), norms)
-        return self._leading_neuron_clusters(X)
+            ids = sign_pattern_clusters(np.transpose(np.asarray(D), (0, 2, 1)), norms)
+        else:
+            ids = self._leading_neuron_clusters(X)
+        ids[np.isnan(np.asarray(X)[:, :, 0])] = -1  # padding
+        return ids
 
     def _token_cluster_info(self):
         block_norms = self.block_norms()
@@ -568,5 +603,6 @@ class ConvexFNOClassifier(BaseConvexHead):
         if keep.size == 0:
             return np.zeros(X.shape[:2], dtype=np.int64)
         kappa = np.stack([neurons[j]["kernel"].sum(axis=0) / math.sqrt(S[j]) for j in keep])
-        contrib = np.abs(np.asarray(X, dtype=np.float64) @ kappa.T) * S[keep]  # (n, s, J)
+        X0 = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0)  # padding: -1 later
+        contrib = np.abs(X0 @ kappa.T) * S[keep]  # (n, s, J)
         return np.argmax(contrib, axis=2)

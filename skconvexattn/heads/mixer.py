@@ -20,7 +20,17 @@ matrix and ``Xtilde_i = (X_i - mu) / sigma`` the token-standardised sample (``mu
 tokens, stored with ``H`` in ``gates_``). The sign of ``H_p Xtilde`` is unchanged by any
 positive rescaling of a feature, and centring makes it unchanged by shifting a feature, so
 the gates do not depend on the units of the features. With ``activation='linear'`` the
-mask is all ones (one block).
+mask is all ones (one block). The gate matrices are drawn in nested "shells" (see
+:func:`shell_gate_matrices`): the leading ``s' x s'`` block of ``H_p`` is the same for every
+number of tokens ``s >= s'``.
+
+Padding. Padding tokens (rows entirely NaN) are zero in ``X`` and in ``Xtilde`` (so no
+position mixes them in, neither in the features nor in the gates), the gate-mask rows of
+padding output positions are zero, and the pooling divides by the number ``s_i`` of real
+tokens. Token mixing is position-specific, so padding is *positional*: with trailing
+padding, a sample of ``s'`` real tokens padded to ``s`` has the features of the unpadded
+``(s', d)`` sample in the leading ``s' x s'`` token block and zeros elsewhere, and the fit
+equals the unpadded fit (the weights of the other positions stay zero).
 """
 
 from __future__ import annotations
@@ -31,12 +41,57 @@ from .._backend import get_namespace
 from sklearn.utils import Bunch
 
 from .._base import BaseConvexHead, _active_order
+from .._padding import split_padding
 
-__all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks"]
+__all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks", "shell_gate_matrices"]
+
+
+def shell_gate_matrices(rng, n_gates, s):
+    """Standard Gaussian gate matrices ``H_p`` of shape ``(s, s)``, drawn in nested shells.
+
+    The entries are drawn from ``rng`` shell by shell, ``k = 0, ..., s - 1``, shell ``k``
+    being row ``k`` up to the diagonal and column ``k`` above it (``2k + 1`` entries per
+    gate). The leading ``s' x s'`` block therefore uses the first ``s'`` shells of the
+    stream only: it is the same for every ``s >= s'``, which makes a fit on sequences with
+    trailing padding equal to the fit on the unpadded sequences.
+
+    Parameters
+    ----------
+    rng : numpy.random.RandomState
+    n_gates : int
+    s : int
+        Number of tokens.
+
+    Returns
+    -------
+    H : ndarray of shape (n_gates, s, s)
+    """
+    H = np.empty((n_gates, s, s))
+    for k in range(s):  # s draws, one per shell (a loop over positions, not samples)
+        v = rng.standard_normal((n_gates, 2 * k + 1))
+        H[:, k, : k + 1] = v[:, : k + 1]
+        H[:, :k, k] = v[:, k + 1 :]
+    return H
+
+
+def _masks(X0, real, H, mu, sigma):
+    """Gate masks of zero-padded tokens ``X0`` with real-token mask ``real``."""
+    xp = get_namespace(X0)
+    Xt = X0
+    if mu is not None:
+        Xt = Xt - mu
+    if sigma is not None:
+        Xt = Xt / sigma
+    Xt = Xt * real[:, :, None]  # padding stays zero after standardisation
+    M = xp.astype((H[None, :, :, :] @ Xt[:, None, :, :]) >= 0, X0.dtype)
+    return M * real[:, None, :, None]  # no output at padding positions
 
 
 def mixer_masks(X, H, mu=None, sigma=None):
     """Gate masks ``M_p = 1{H_p (X - mu) / sigma >= 0}`` of every sample: ``(m, P, s, d)``.
+
+    Padding tokens (rows of ``X`` entirely NaN) are zero in the standardised tokens that
+    ``H_p`` mixes, and the mask rows of padding positions are zero.
 
     Parameters
     ----------
@@ -46,13 +101,8 @@ def mixer_masks(X, H, mu=None, sigma=None):
     mu, sigma : arrays of shape (d,), or None
         Token moments used to standardise ``X`` before gating (``None``: 0 and 1).
     """
-    xp = get_namespace(X)
-    Xt = X
-    if mu is not None:
-        Xt = Xt - mu
-    if sigma is not None:
-        Xt = Xt / sigma
-    return xp.astype((H[None, :, :, :] @ Xt[:, None, :, :]) >= 0, X.dtype)
+    X0, real, _ = split_padding(X)
+    return _masks(X0, real, H, mu, sigma)
 
 
 def mixer_features(X, H=None, *, mu=None, sigma=None):
@@ -61,8 +111,10 @@ def mixer_features(X, H=None, *, mu=None, sigma=None):
     Parameters
     ----------
     X : array of shape (m, s, d)
+        Token matrices; rows entirely NaN are padding (see the module docstring).
     H : array of shape (P, s, s), or None
-        Gate matrices; ``None`` for the linear activation (one block, all-ones mask).
+        Gate matrices; ``None`` for the linear activation (one block, all-ones mask on the
+        real positions).
     mu, sigma : arrays of shape (d,), or None
         Token standardisation applied before gating (the features themselves use the raw
         ``X``); ignored when ``H`` is None.
@@ -70,17 +122,18 @@ def mixer_features(X, H=None, *, mu=None, sigma=None):
     Returns
     -------
     Phi : array of shape (m, P, s*s, d)
-        ``Phi[i, p, (t, t'), f] = M_p^(i)[t, f] X_i[t', f] / s``: rows ``(t, t')``
-        row-major, columns ``f``.
+        ``Phi[i, p, (t, t'), f] = M_p^(i)[t, f] X_i[t', f] / s_i``: rows ``(t, t')``
+        row-major, columns ``f``; ``s_i`` is the number of real tokens of sample ``i``.
     """
     xp = get_namespace(X)
     m, s, d = X.shape
-    Xs = X / s
+    X0, real, counts = split_padding(X)
+    Xs = X0 / counts[:, None, None]
     if H is None:
-        Phi = xp.broadcast_to(Xs[:, None, None, :, :], (m, 1, s, s, d))
+        Phi = real[:, None, :, None, None] * Xs[:, None, None, :, :]  # (m, 1, s, s, d)
         return xp.reshape(Phi, (m, 1, s * s, d))
     P = H.shape[0]
-    M = mixer_masks(X, H, mu, sigma)  # (m, P, s, d)
+    M = _masks(X0, real, H, mu, sigma)  # (m, P, s, d)
     Phi = M[:, :, :, None, :] * Xs[:, None, None, :, :]  # (m, P, s, s, d)
     return xp.reshape(Phi, (m, P, s * s, d))
 
@@ -248,7 +301,7 @@ class ConvexMixerClassifier(BaseConvexHead):
     def _draw_gates(self, rng, mu, sigma, s, d):
         if self.activation == "linear":
             return {}
-        H = rng.standard_normal((self.n_gates, s, s))
+        H = shell_gate_matrices(rng, self.n_gates, s)
         return {
             "H": H,
             "mu": np.asarray(mu, dtype=np.float64),
@@ -263,8 +316,9 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _token_clusters(self, X):
         s = self.token_shape_[0]
-        ids = _mixing_clusters(self.coef_, s)
-        return np.broadcast_to(ids, (X.shape[0], s)).copy()
+        ids = np.broadcast_to(_mixing_clusters(self.coef_, s), (X.shape[0], s)).copy()
+        ids[np.isnan(np.asarray(X)[:, :, 0])] = -1  # padding
+        return ids
 
     def _token_cluster_info(self):
         s = self.token_shape_[0]

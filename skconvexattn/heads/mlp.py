@@ -13,6 +13,10 @@ Gates are the hyperplanes of the self-attention head (:func:`~skconvexattn._gate
 hyperplane_gates`): random normals in standardised token coordinates, each through a random
 point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
 linear model on the mean token ``xbar_i``.
+
+Padding. Padding tokens (rows entirely NaN) are zero and on no side of any gate, and the
+pooling divides by the number ``s_i`` of real tokens: ``Phi_i^(p) = (1/s_i) sum over the
+real tokens``, the features of the sample without its padding rows.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from .._backend import get_namespace
 from .._base import BaseConvexHead, _active_order
 from .._gates import hyperplane_gates, prototype_gates
 from .._operator import GatedTokenOperator
-from .attention import gate_side_clusters, gate_side_info, token_sides
+from .._padding import split_padding
+from .attention import _padding_ids, gate_side_clusters, gate_side_info, token_sides
 
 __all__ = ["ConvexMLPClassifier", "mlp_features"]
 
@@ -36,21 +41,24 @@ def mlp_features(X, H=None, c=None):
     Parameters
     ----------
     X : array of shape (m, s, d)
+        Token matrices; rows entirely NaN are padding (left out).
     H, c : arrays of shape (P, d) and (P,), or None
         Gate hyperplanes; ``None`` for the linear activation (one block: the mean token).
 
     Returns
     -------
     Phi : array of shape (m, P, d, 1)
-        ``Phi[i, p, f, 0] = (1/s) sum_t D_p(x_it) x_it[f]``.
+        ``Phi[i, p, f, 0] = (1/s_i) sum_t D_p(x_it) x_it[f]``, the sum over the ``s_i``
+        real tokens of sample ``i``.
     """
     xp = get_namespace(X)
     m, s, d = X.shape
+    X, real, counts = split_padding(X)
     if H is None:
-        return xp.reshape(xp.mean(X, axis=1), (m, 1, d, 1))
+        return xp.reshape(xp.sum(X, axis=1) / counts[:, None], (m, 1, d, 1))
     P = H.shape[0]
-    side = xp.permute_dims(token_sides(X, H, c), (0, 2, 1))  # (m, P, s)
-    Phi = (side @ X) / s  # (m, P, d)
+    side = xp.permute_dims(token_sides(X, H, c) * real[:, :, None], (0, 2, 1))  # (m, P, s)
+    Phi = (side @ X) / counts[:, None, None]  # (m, P, d)
     return xp.reshape(Phi, (m, P, d, 1))
 
 
@@ -251,7 +259,12 @@ class ConvexMLPClassifier(BaseConvexHead):
             # faster per product; with 3 tokens or 10 classes the features win
             if s * c <= 2 and s * (d + P * (1 + 2 * c)) < P * d:
                 H, off = gates["H"], gates["c"]
-                return GatedTokenOperator(X, token_sides(X, H, off), center=center)
+                # padding: zero tokens on no side of any gate; scaling the tokens of
+                # sample i by s / s_i turns the operator's 1 / s pooling into 1 / s_i
+                X0, real, counts = split_padding(X)
+                D = token_sides(X0, H, off) * real[:, :, None]
+                X0 = X0 * (s / counts)[:, None, None]
+                return GatedTokenOperator(X0, D, center=center)
         return super()._operator(gates, X, xp, block_shape, n_outputs, plan, center)
 
     def _token_clusters(self, X):
@@ -292,7 +305,8 @@ def _leading_neuron_clusters(X, Z, max_heads=8):
     response ``sigma_j |u_j . x_t|`` to each token."""
     U, S, _ = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
     k = _active_order(S)[:max_heads]
+    X, real, _ = split_padding(X)
     if k.size == 0:
-        return np.zeros(X.shape[:2], dtype=np.int64)
+        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
     resp = np.abs(X @ U[:, k]) * S[k]  # (n, s, heads)
-    return np.argmax(resp, axis=2)
+    return _padding_ids(np.argmax(resp, axis=2), real)
