@@ -360,6 +360,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         clusters : ndarray of shape (n_samples, n_tokens), dtype int64
+            ``-1`` for padding tokens (token rows entirely NaN, see ``docs/padding.rst``).
         """
         check_is_fitted(self)
         X3 = check_tokens(self, X, reset=False)

@@ -26,6 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from ._backend import get_namespace, to_numpy
 from ._penalty import BlockNuclearNorm
+from ._progress import make_reporter
 
 __all__ = ["fista", "SolverResult", "alpha_max", "duality_gap"]
 
@@ -197,7 +198,9 @@ def fista(
         iteration for the Lipschitz constant starts; computed (one adjoint product) when
         None.
     verbose : int
-        Print a progress line at every gap evaluation when > 0.
+        Report progress at every gap evaluation (iteration, objective, relative gap,
+        elapsed time, ETA): 1 a progress bar when stderr is a terminal and plain lines
+        otherwise, 2 plain lines (see :func:`~skconvexattn._progress.make_reporter`).
 
     Returns
     -------
@@ -251,6 +254,7 @@ def fista(
     it = 0
 
     best_dual = [-math.inf]
+    reporter = make_reporter(verbose, tol, max_iter)
 
     def check(it):
         # every dual-feasible point bounds the optimum from below: keep the best one
@@ -261,12 +265,7 @@ def fista(
         history["objective"].append(p)
         history["dual_gap"].append(p - d)
         history["time"].append(time.perf_counter() - t_start)
-        if verbose:
-            print(
-                f"[skconvexattn] iter {it:5d}  objective {p:.8e}  dual gap {p - d:.3e}  "
-                f"step {t:.3e}",
-                flush=True,
-            )
+        reporter.update(it, p, (p - d) / max(abs(p), 1e-300))
         return p, d
 
     primal, dual = check(0)
@@ -340,6 +339,7 @@ def fista(
     if history["iteration"] and history["iteration"][-1] == it:
         history["objective"][-1] = primal
         history["dual_gap"][-1] = gap
+    reporter.close(converged)
     if not converged and warn:
         warnings.warn(
             f"The solver did not reach the requested duality gap in max_iter={max_iter} "

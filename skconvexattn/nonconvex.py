@@ -25,6 +25,12 @@ objective ``mean loss + alpha * weight_decay`` equals the convex optimum ``objec
 below which no training run of the same architecture (same gates, weight decay ``alpha``)
 can go. This is what "trained to global optimality" means, made checkable.
 
+Padding tokens (token rows entirely NaN, see :func:`~skconvexattn.preprocessing.padding_mask`)
+are handled as in the heads: they are zero, every gate mask is zero on them (no token
+attends to, mixes in or gates on a padding token) and ``1/s`` becomes ``1/s_i``, the number
+of real tokens of the sample, so the networks reproduce the heads' logits and objective
+on padded data too (NumPy and torch).
+
 ``to_torch()`` gives the same network as a :class:`torch.nn.Module` (weights are
 parameters, gates are buffers) that can be fine-tuned.
 """
@@ -79,6 +85,13 @@ def _as_tokens(X, token_shape):
             f"or the flattened (n_samples, {s * d})."
         )
     return X
+
+
+def _split(X):
+    """Zero-filled tokens, real-token mask ``(n, s)`` (float) and counts ``(n,)``."""
+    pad = np.isnan(X[:, :, 0])
+    real = (~pad).astype(X.dtype)
+    return np.where(pad[:, :, None], 0.0, X), real, real.sum(axis=1)
 
 
 def _chunks(n, per_sample, budget=1 << 23):
@@ -243,15 +256,18 @@ class SelfAttentionNetwork(RecoveredNetwork):
         return (d, d), (d, c)
 
     def attention_masks(self, X):
-        """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear)."""
-        X = _as_tokens(X, self.token_shape)
+        """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear),
+        zero in the rows and columns of padding tokens."""
+        X, real, _ = _split(_as_tokens(X, self.token_shape))
         n, s, _ = X.shape
+        pair = real[:, None, :, None] * real[:, None, None, :]  # both tokens real
         if not self.gates:
-            return np.ones((n, 1, s, s))
+            return pair
         side = ((X @ self.gates["H"].T + self.gates["c"]) >= 0).astype(np.float64)  # (n,s,P)
         side = np.transpose(side, (0, 2, 1))
-        return side[:, :, :, None] * side[:, :, None, :] + (
-            (1 - side)[:, :, :, None] * (1 - side)[:, :, None, :]
+        return pair * (
+            side[:, :, :, None] * side[:, :, None, :]
+            + (1 - side)[:, :, :, None] * (1 - side)[:, :, None, :]
         )
 
     def _logits(self, X):
@@ -261,12 +277,12 @@ class SelfAttentionNetwork(RecoveredNetwork):
         if m == 0:
             return O
         for sl in _chunks(n, m * s * (s + d)):
-            Xc = X[sl]
-            M = self.attention_masks(Xc)[:, np.maximum(self.gate, 0)]  # (n, m, s, s)
+            M = self.attention_masks(X[sl])[:, np.maximum(self.gate, 0)]  # (n, m, s, s)
+            Xc, _, counts = _split(X[sl])
             scores = np.einsum("nta,jak,nuk->njtu", Xc, self.W1, Xc)  # X W_1j X^T
             pooled = (M * scores).sum(axis=2)  # 1^T (M o scores): (n, m, s)
             values = np.einsum("nuk,jkb->njub", Xc, self.W2)  # X W_2j
-            O[sl] += np.einsum("nju,njub->nb", pooled, values) / s
+            O[sl] += np.einsum("nju,njub->nb", pooled, values) / counts[:, None]
         return O
 
     def _torch_tensors(self):
@@ -297,8 +313,9 @@ class MixerNetwork(RecoveredNetwork):
         from .heads.mixer import mixer_masks
 
         X = _as_tokens(X, self.token_shape)
-        if not self.gates:
-            return np.ones((X.shape[0], 1) + X.shape[1:])
+        if not self.gates:  # ones on the real positions
+            real = _split(X)[1]
+            return np.broadcast_to(real[:, None, :, None], (X.shape[0], 1) + X.shape[1:])
         g = self.gates
         return mixer_masks(X, g["H"], g["mu"], g["sigma"])
 
@@ -309,11 +326,11 @@ class MixerNetwork(RecoveredNetwork):
         if m == 0:
             return O
         for sl in _chunks(n, 2 * m * s * d):
-            Xc = X[sl]
-            M = self.gate_masks(Xc)[:, np.maximum(self.gate, 0)]  # (n, m, s, d)
+            M = self.gate_masks(X[sl])[:, np.maximum(self.gate, 0)]  # (n, m, s, d)
+            Xc, _, counts = _split(X[sl])
             mixed = np.einsum("jtu,nuf->njtf", self.W1, Xc)  # W_1j X
             pooled = (M * mixed).sum(axis=2)  # 1^T (M o W_1j X): (n, m, d)
-            O[sl] += np.einsum("njf,jfb->nb", pooled, self.W2) / s
+            O[sl] += np.einsum("njf,jfb->nb", pooled, self.W2) / counts[:, None]
         return O
 
     def _torch_tensors(self):
@@ -345,11 +362,12 @@ class TokenMLPNetwork(RecoveredNetwork):
         O = np.tile(self.intercept, (n, 1))
         if self.n_heads == 0:
             return O
-        pre = X @ self.W1.T  # x_t . w_1j: (n, s, m)
+        X, real, counts = _split(X)
+        pre = X @ self.W1.T * real[:, :, None]  # x_t . w_1j on real tokens: (n, s, m)
         if self.gates:
             side = (X @ self.gates["H"].T + self.gates["c"]) >= 0  # (n, s, P)
             pre = pre * side[:, :, self.gate]
-        return O + pre.sum(axis=1) @ self.W2 / s
+        return O + pre.sum(axis=1) @ self.W2 / counts[:, None]
 
     def _torch_tensors(self):
         params = {"W1": self.W1, "W2": self.W2, "intercept": self.intercept}
@@ -418,8 +436,8 @@ class FNONetwork(RecoveredNetwork):
         from .heads.fno import fno_gate_masks
 
         X = _as_tokens(X, self.token_shape)
-        if not self.gates:
-            return np.ones((X.shape[0], 1, X.shape[1]))
+        if not self.gates:  # ones on the real positions
+            return _split(X)[1][:, None, :]
         g = self.gates
         return fno_gate_masks(X, g["H"], g["mu"], g["sigma"])
 
@@ -429,6 +447,8 @@ class FNONetwork(RecoveredNetwork):
         if self.n_heads == 0:
             return O
         K = self.kernels
+        D = self.gate_masks(X)[:, np.maximum(self.gate, 0)]  # (n, m, s), zero on padding
+        X, _, counts = _split(X)  # padding: zero tokens of the sequence
         # circular convolution along the tokens, a pointwise product of DFTs, summed over
         # the channels: (C(X) K_j)[t]
         conv = np.fft.irfft(
@@ -436,8 +456,7 @@ class FNONetwork(RecoveredNetwork):
             n=s,
             axis=2,
         )  # (n, m, s)
-        D = self.gate_masks(X)[:, np.maximum(self.gate, 0)]  # (n, m, s)
-        return O + (D * conv).sum(axis=2) @ self.W2 / s
+        return O + (D * conv).sum(axis=2) @ self.W2 / counts[:, None]
 
     def _torch_tensors(self):
         params = {"W1": self.W1, "W2": self.W2, "intercept": self.intercept}
@@ -475,11 +494,18 @@ def _torch_class():
     torch = _import_torch()
     nn = torch.nn
 
+    def _split_t(X):
+        # padding tokens (rows entirely NaN): zeros, a real-token mask and the counts
+        pad = torch.isnan(X[:, :, 0])
+        real = (~pad).to(X.dtype)
+        return torch.where(pad[:, :, None], torch.zeros_like(X), X), real, real.sum(dim=1)
+
     def _fwd_self_attention(mod, X):
         n, s, d = X.shape
         m = mod.W1.shape[0]
         if m == 0:
             return mod.intercept.expand(n, -1)
+        X, real, counts = _split_t(X)
         if hasattr(mod, "gate_H"):
             side = ((X @ mod.gate_H.T + mod.gate_c) >= 0).to(X.dtype)[:, :, mod.head_gate]
             side = side.permute(0, 2, 1)  # (n, m, s)
@@ -488,32 +514,36 @@ def _torch_class():
             )[..., None, :]
         else:
             M = torch.ones((n, m, s, s), dtype=X.dtype, device=X.device)
+        M = M * (real[:, None, :, None] * real[:, None, None, :])
         scores = torch.einsum("nta,jak,nuk->njtu", X, mod.W1, X)
         pooled = (M * scores).sum(dim=2)
         values = torch.einsum("nuk,jkb->njub", X, mod.W2)
-        return torch.einsum("nju,njub->nb", pooled, values) / s + mod.intercept
+        return torch.einsum("nju,njub->nb", pooled, values) / counts[:, None] + mod.intercept
 
     def _fwd_mixer(mod, X):
         n, s, d = X.shape
         m = mod.W1.shape[0]
         if m == 0:
             return mod.intercept.expand(n, -1)
-        mixed = torch.einsum("jtu,nuf->njtf", mod.W1, X)
+        X, real, counts = _split_t(X)
+        mixed = torch.einsum("jtu,nuf->njtf", mod.W1, X) * real[:, None, :, None]
         if hasattr(mod, "gate_H"):
-            Xt = (X - mod.gate_mu) / mod.gate_sigma
+            Xt = (X - mod.gate_mu) / mod.gate_sigma * real[:, :, None]
             M = (torch.einsum("ptu,nuf->nptf", mod.gate_H, Xt) >= 0).to(X.dtype)
             mixed = mixed * M[:, mod.head_gate]
-        return torch.einsum("njf,jfb->nb", mixed.sum(dim=2), mod.W2) / s + mod.intercept
+        pooled = mixed.sum(dim=2)
+        return torch.einsum("njf,jfb->nb", pooled, mod.W2) / counts[:, None] + mod.intercept
 
     def _fwd_mlp(mod, X):
         n, s, d = X.shape
         if mod.W1.shape[0] == 0:
             return mod.intercept.expand(n, -1)
-        pre = X @ mod.W1.T  # (n, s, m)
+        X, real, counts = _split_t(X)
+        pre = X @ mod.W1.T * real[:, :, None]  # (n, s, m)
         if hasattr(mod, "gate_H"):
             side = ((X @ mod.gate_H.T + mod.gate_c) >= 0).to(X.dtype)
             pre = pre * side[:, :, mod.head_gate]
-        return pre.sum(dim=1) @ mod.W2 / s + mod.intercept
+        return pre.sum(dim=1) @ mod.W2 / counts[:, None] + mod.intercept
 
     def _conv(X, K, s):
         Xh = torch.fft.rfft(X, dim=1)  # (n, F, d)
@@ -524,13 +554,14 @@ def _torch_class():
         n, s, d = X.shape
         if mod.W1.shape[0] == 0:
             return mod.intercept.expand(n, -1)
+        X, real, counts = _split_t(X)
         K = torch.einsum("tk,jkg,jgf->jtf", mod.basis, mod.W1, mod.channel_select)
-        act = _conv(X, K, s)  # (n, m, s)
+        act = _conv(X, K, s) * real[:, None, :]  # (n, m, s): outputs at real positions
         if hasattr(mod, "gate_H"):
-            Xt = (X - mod.gate_mu) / mod.gate_sigma
+            Xt = (X - mod.gate_mu) / mod.gate_sigma * real[:, :, None]
             D = (_conv(Xt, mod.gate_H, s) >= 0).to(X.dtype)  # (n, P, s)
             act = act * D[:, mod.head_gate]
-        return act.sum(dim=2) @ mod.W2 / s + mod.intercept
+        return act.sum(dim=2) @ mod.W2 / counts[:, None] + mod.intercept
 
     forwards = {
         "self_attention": _fwd_self_attention,

@@ -12,6 +12,10 @@ Use them before the heads, e.g. ``make_pipeline(TokenStandardScaler(), TokenPCA(
 ConvexSelfAttentionClassifier())``: the self-attention head's lifted features grow as
 ``n_features**3``, so a token PCA bringing large backbone features down to 16-64
 dimensions is usually needed (as in Sahiner et al., 2022).
+
+Padding tokens (token rows entirely NaN, see :func:`padding_mask` and :func:`pad_tokens`)
+are left out of the statistics and stay NaN in the output, so padded sequences pass
+through a pipeline of these transformers to a head unchanged in their padding.
 """
 
 from __future__ import annotations
@@ -72,6 +76,25 @@ def _stack(X3):
     return X3.reshape(n * s, d)
 
 
+def _real_rows(T):
+    """Rows of the stacked tokens ``T`` that are not padding (not entirely NaN), or None
+    when there is no padding (every row is real)."""
+    real = ~np.isnan(T[:, 0])
+    return None if real.all() else real
+
+
+def _map_real(func, T, n_out):
+    """Apply ``func`` to the real rows of the stacked tokens ``T``; padding rows of the
+    result (``n_out`` columns) are NaN."""
+    real = _real_rows(T)
+    if real is None:
+        return func(T)
+    out = func(T[real])
+    full = np.full((T.shape[0], n_out), np.nan, dtype=out.dtype)
+    full[real] = out
+    return full
+
+
 def _unstack(T, n, s, ndim):
     """Stacked tokens ``(n * s, k)`` back to ``(n, s, k)``, or ``(n, s * k)`` if ``ndim == 2``."""
     k = T.shape[1]
@@ -91,7 +114,12 @@ def _check_inverse_input(estimator, X, n_out):
             f"got a {ndim}-D input. Pass the output of transform."
         )
     X = check_array(
-        X, allow_nd=True, dtype=_FLOATS, input_name="X", estimator=estimator
+        X,
+        allow_nd=True,
+        dtype=_FLOATS,
+        ensure_all_finite="allow-nan",  # padding tokens stay NaN
+        input_name="X",
+        estimator=estimator,
     )
     if ndim == 3 and X.shape[1:] != (s, n_out):
         raise ValueError(
@@ -111,9 +139,9 @@ def _check_inverse_input(estimator, X, n_out):
 class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Standardise token features with statistics pooled over all training tokens.
 
-    Every token of every sample is one observation: the mean and standard deviation of
-    each of the ``n_features`` token features are computed over the ``n_samples *
-    n_tokens`` tokens of the training set (the same as
+    Every real token of every sample is one observation: the mean and standard deviation
+    of each of the ``n_features`` token features are computed over the ``n_samples *
+    n_tokens`` tokens of the training set, padding tokens (rows entirely NaN) left out (the same as
     :class:`~sklearn.preprocessing.StandardScaler` on ``X.reshape(-1, n_features)``,
     which this class uses internally), and every token is then transformed as
     ``(x - mean_) / scale_``. All tokens share one map, so the token structure
@@ -146,8 +174,8 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         Per-feature scaling, ``sqrt(var_)`` (1 where the variance is 0); None if
         ``with_std=False``.
     n_tokens_seen_ : int or float
-        Number of training tokens (``n_samples * n_tokens``), or their total weight when
-        ``sample_weight`` is given.
+        Number of real training tokens (``n_samples * n_tokens`` without padding), or
+        their total weight when ``sample_weight`` is given.
     token_shape_ : tuple of int
         ``(n_tokens, n_features)`` seen at fit.
     n_features_in_ : int
@@ -210,10 +238,15 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X3, dtype=X3.dtype)
             sample_weight = np.repeat(sample_weight, s)
+        T = _stack(X3)
+        real = _real_rows(T)
+        if real is not None:  # padding tokens are no observations
+            T = T[real]
+            sample_weight = None if sample_weight is None else sample_weight[real]
         self.scaler_ = StandardScaler(
             copy=True, with_mean=self.with_mean, with_std=self.with_std
         ).set_output(transform="default")
-        self.scaler_.fit(_stack(X3), sample_weight=sample_weight)
+        self.scaler_.fit(T, sample_weight=sample_weight)
         self.mean_ = self.scaler_.mean_
         self.var_ = self.scaler_.var_
         self.scale_ = self.scaler_.scale_
@@ -278,10 +311,11 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
 class TokenPCA(TransformerMixin, BaseEstimator):
     """Principal component analysis of token features, fitted over all training tokens.
 
-    Every token of every sample is one observation: a
+    Every real token of every sample is one observation: a
     :class:`~sklearn.decomposition.PCA` is fitted on the ``n_samples * n_tokens`` tokens
-    stacked as rows (``X.reshape(-1, n_features)``), and every token is projected onto
-    the same ``n_components`` principal axes. This reduces the features per token (the
+    stacked as rows (``X.reshape(-1, n_features)``, padding tokens, rows entirely NaN,
+    left out), and every token is projected onto the same ``n_components`` principal
+    axes; padding tokens stay NaN. This reduces the features per token (the
     dimension ``d`` that the convex heads' cost depends on) without mixing tokens.
 
     Parameters
@@ -398,6 +432,11 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         """
         X3 = check_tokens(self, X, reset=True, n_tokens=self.n_tokens)
         n, s, d = X3.shape
+        T = _stack(X3)
+        real = _real_rows(T)
+        if real is not None:  # padding tokens are no observations
+            T = T[real]
+        n_real = T.shape[0]
         k = self.n_components
         if isinstance(k, Integral):
             if k > d:
@@ -408,17 +447,18 @@ class TokenPCA(TransformerMixin, BaseEstimator):
                     f"{d}, a float in (0, 1) to keep a fraction of the variance, or None "
                     "to keep all components."
                 )
-            if k > n * s:
+            if k > n_real:
                 raise ValueError(
                     f"n_components={k} is larger than the number of training tokens, "
-                    f"n_samples * n_tokens = {n} * {s} = {n * s}. Use n_components <= "
-                    f"{n * s}, or fit on more data."
+                    f"{n_real} (the real tokens among n_samples * n_tokens = {n} * {s}; "
+                    f"padding tokens do not count). Use n_components <= {n_real}, or fit "
+                    "on more data."
                 )
-            if self.svd_solver == "arpack" and k >= min(d, n * s):
+            if self.svd_solver == "arpack" and k >= min(d, n_real):
                 raise ValueError(
                     f"n_components={k} must be strictly less than min(n_features, "
-                    f"n_samples * n_tokens) = {min(d, n * s)} with svd_solver='arpack'. "
-                    "Use a smaller n_components or svd_solver='full'."
+                    f"number of real training tokens) = {min(d, n_real)} with "
+                    "svd_solver='arpack'. Use a smaller n_components or svd_solver='full'."
                 )
         self.pca_ = PCA(
             n_components=k,
@@ -426,7 +466,7 @@ class TokenPCA(TransformerMixin, BaseEstimator):
             svd_solver=self.svd_solver,
             random_state=self.random_state,
         ).set_output(transform="default")
-        self.pca_.fit(_stack(X3))
+        self.pca_.fit(T)
         for name in (
             "components_",
             "explained_variance_",
@@ -459,7 +499,8 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         X3 = check_tokens(self, X, reset=False)
         _check_container_output(self, ndim)
         n, s, _ = X3.shape
-        return _unstack(self.pca_.transform(_stack(X3)), n, s, ndim)
+        T = _map_real(self.pca_.transform, _stack(X3), self.n_components_)
+        return _unstack(T, n, s, ndim)
 
     def inverse_transform(self, X):
         """Map projected tokens back to token-feature space.
@@ -482,7 +523,7 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         s, _ = self.token_shape_
         X3, ndim = _check_inverse_input(self, X, self.n_components_)
-        T = self.pca_.inverse_transform(_stack(X3))
+        T = _map_real(self.pca_.inverse_transform, _stack(X3), self.token_shape_[1])
         return _unstack(T, X3.shape[0], s, ndim)
 
     def get_feature_names_out(self, input_features=None):

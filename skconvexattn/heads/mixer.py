@@ -186,7 +186,10 @@ class ConvexMixerClassifier(BaseConvexHead):
     random_state : int, RandomState instance or None, default=None
         Seeds the gates (drawn on the host, so CPU and GPU fits agree).
     verbose : int, default=0
-        Print the objective and duality gap at every gap evaluation.
+        Report progress at every duality-gap evaluation: iteration, objective, the
+        relative duality gap (the quantity compared with ``tol``), elapsed time and an
+        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
+        otherwise; 2: always plain lines.
     warm_start : bool, default=False
         Start from the previous solution (and keep its gates) when refitting.
 
