@@ -127,7 +127,9 @@ def split_padding(X):
         dtype of ``X``: the heads pool with ``1 / s_i``.
     """
     xp = get_namespace(X)
-    pad = xp.isnan(X[:, :, 0])
-    X0 = xp.where(pad[:, :, None], xp.zeros_like(X), X)
+    pad = xp.isnan(X[:, :, 0])  # validated: a row with a NaN is entirely NaN
     real = xp.astype(xp.logical_not(pad), X.dtype)
-    return X0, real, xp.sum(real, axis=1)
+    counts = xp.sum(real, axis=1)
+    if not bool(xp.any(pad)):  # no padding in this chunk: X as is (no copy)
+        return X, real, counts
+    return xp.where(pad[:, :, None], xp.zeros_like(X), X), real, counts
