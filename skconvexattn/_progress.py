@@ -80,8 +80,9 @@ class ProgressReporter:
         ``(elapsed, iteration, objective, relative_gap)`` of every update.
     """
 
-    def __init__(self, tol, max_iter, max_time=None, *, bar=False, file=None,
-                 prefix="[skconvexattn]"):
+    def __init__(
+        self, tol, max_iter, max_time=None, *, bar=False, file=None, prefix="[skconvexattn]"
+    ):
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.max_time = None if max_time is None else float(max_time)
@@ -100,7 +101,9 @@ class ProgressReporter:
                 file=file if file is not None else sys.stderr,
                 leave=True,
                 dynamic_ncols=True,
-                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+                bar_format=(
+                    "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+                ),
             )
 
     # -------------------------------------------------------------- estimates

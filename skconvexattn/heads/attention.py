@@ -215,6 +215,11 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     whose own forward pass reproduces the logits and whose weight-decay objective equals
     ``objective_``.
 
+    Padding tokens (token rows entirely NaN, for sequences of different lengths) are
+    zero, on neither side of any gate and left out of the pooling (``1 / s_i`` with ``s_i``
+    real tokens): padding at any positions gives the fit of the unpadded sequences, and
+    ``transform`` gives padding the id -1 (``docs/padding.rst``).
+
     Examples
     --------
     >>> from skconvexattn import ConvexSelfAttentionClassifier

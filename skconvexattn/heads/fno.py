@@ -393,6 +393,12 @@ class ConvexFNOClassifier(BaseConvexHead):
     every sample. Linear: the id is the leading recovered neuron (by singular value) with
     the largest ``sigma_j |(C(X) K_j)[t]|`` at the token.
 
+    Padding tokens (token rows entirely NaN, for sequences of different lengths) are
+    zero tokens of the circular sequence: the convolutions run over all ``n_tokens``
+    positions, no output is read at padding positions and the pooling is over the ``s_i``
+    real ones (with padding, the linear activation is no longer the head on the mean
+    token); ``transform`` gives padding the id -1 (``docs/padding.rst``).
+
     Examples
     --------
     >>> import numpy as np

@@ -240,6 +240,12 @@ class ConvexMixerClassifier(BaseConvexHead):
     ``||W_1j[:, t']|| ||W_2j||_F``: the size of the contribution of token ``t'`` through
     head ``j``). An all-zero model puts every token in cluster 0.
 
+    Padding tokens (token rows entirely NaN, for sequences of different lengths) are
+    zero, mixed into no position, their gate-mask rows are zero and the pooling is over the
+    ``s_i`` real tokens; trailing padding gives the fit of the unpadded sequences (the gate
+    matrices are drawn so that their leading blocks do not depend on ``n_tokens``), and
+    ``transform`` gives padding the id -1 (``docs/padding.rst``).
+
     Examples
     --------
     >>> import numpy as np

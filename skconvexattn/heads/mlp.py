@@ -188,6 +188,11 @@ class ConvexMLPClassifier(BaseConvexHead):
     ``docs/clusters.rst`` and :meth:`token_cluster_info`; :meth:`to_nonconvex` returns the
     recovered gated-ReLU MLP.
 
+    Padding tokens (token rows entirely NaN, for sequences of different lengths) are
+    zero, on no side of any gate and left out of the pooling (``1 / s_i`` with ``s_i`` real
+    tokens): padding at any positions gives the fit of the unpadded sequences, and
+    ``transform`` gives padding the id -1 (``docs/padding.rst``).
+
     Examples
     --------
     >>> import numpy as np
