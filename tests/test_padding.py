@@ -346,3 +346,29 @@ def test_padding_through_pipeline_search_and_cv():
     c = pickle.loads(pickle.dumps(clone(b).fit(Xp, y)))
     np.testing.assert_allclose(c.predict_proba(Xp), b.predict_proba(Xp), atol=1e-12)
     assert math.isfinite(c.score(Xp, y))
+
+
+# --------------------------------------------------------------------------- helpers
+def test_pad_tokens_and_padding_mask():
+    rng = np.random.RandomState(0)
+    seqs = [rng.randn(k, 3).astype(np.float32) for k in (2, 5, 1)]
+    X = pad_tokens(seqs)
+    assert X.shape == (3, 5, 3) and X.dtype == np.float32
+    np.testing.assert_array_equal(
+        padding_mask(X), np.arange(5)[None, :] >= np.array([2, 5, 1])[:, None]
+    )
+    for x, k in zip(X, (2, 5, 1)):
+        np.testing.assert_array_equal(x[:k], seqs[[2, 5, 1].index(k)])
+    T = pad_tokens(seqs, max_tokens=3, dtype=np.float64)
+    assert T.shape == (3, 3, 3) and T.dtype == np.float64
+    np.testing.assert_array_equal(T[1], seqs[1][:3])  # truncated to the first tokens
+    assert pad_tokens([np.ones((2, 2), dtype=int)]).dtype == np.float64
+    with pytest.raises(ValueError, match="sequence 1 has no tokens"):
+        pad_tokens([np.ones((1, 2)), np.ones((0, 2))])
+    with pytest.raises(ValueError, match="different numbers of features"):
+        pad_tokens([np.ones((1, 2)), np.ones((1, 3))])
+    with pytest.raises(ValueError, match="floating dtype"):
+        pad_tokens([np.ones((1, 2))], dtype=int)
+    partial = X.copy()
+    partial[0, 0, 1] = np.nan  # some NaN: not padding
+    assert not padding_mask(partial)[0, 0]
