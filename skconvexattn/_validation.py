@@ -32,12 +32,12 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
     ``n_tokens`` tokens (``None``: one token per row); afterwards 2-D input is cut like the
     training data, so a model fitted on 3-D data accepts it flattened, and the reverse.
     Sets ``n_features_in_`` (the flattened width) and ``token_shape_`` at fit.
+    ``require_y``: a classifier's fit, for which ``y=None`` is an error.
 
     Padding: a token row whose every feature is NaN is a padding token
     (:func:`~skconvexattn.preprocessing.padding_mask`) and is returned as is (NaN); every
     sample must keep at least one real token. A row with only some NaN features, or any
     infinite value, is an error.
-    ``require_y``: a classifier's fit, for which ``y=None`` is an error.
     """
     if require_y and y is None:
         raise ValueError(
