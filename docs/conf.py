@@ -107,15 +107,13 @@ sphinx_gallery_conf = {
 
 # -- inherited scikit-learn docstrings --------------------------------------------------
 # Methods inherited from scikit-learn (score, get_params, ...) carry :ref: links to
-# scikit-learn's own user guide, which only intersphinx resolves: without it, keep their
-# text.
+# scikit-learn's own user guide, which the offline build cannot resolve (and intersphinx
+# not always, labels move between releases): keep their text.
 _REF_WITH_TITLE = re.compile(r":ref:`([^`<]+?)\s*<[^`>]+>`")
 _REF_BARE = re.compile(r":ref:`([^`]+)`")
 
 
 def _unlink_sklearn_refs(app, what, name, obj, options, lines):
-    if INTERSPHINX:
-        return
     module = getattr(obj, "__module__", "") or ""
     if not module.startswith("sklearn"):
         return
