@@ -129,6 +129,11 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
     keeps padding out of the encoder, so batching changes the hidden states only by
     float rounding (about ``1e-6`` in float32).
 
+    Encoding is the expensive step and learns nothing, so for a search over the head's
+    parameters (``GridSearchCV``, the ``*CV`` heads) encode the texts once and search on
+    the token array: inside a searched pipeline every clone of the encoder re-encodes
+    the texts (and reloads the model when given by name, or deep-copies a loaded one).
+
     Examples
     --------
     >>> from skconvexattn.encoders import HFTokenEncoder
