@@ -10,6 +10,7 @@ with NaN rows to a common number of tokens (see :func:`~skconvexattn.preprocessi
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral
 
 import numpy as np
@@ -250,7 +251,8 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
                 )
             tok = self.model
         if isinstance(tok, (str, bytes)) or hasattr(tok, "__fspath__"):
-            tok = transformers.AutoTokenizer.from_pretrained(str(tok))
+            with _quiet_loading(transformers, self.verbose):
+                tok = transformers.AutoTokenizer.from_pretrained(str(tok))
         if not callable(tok) or not hasattr(tok, "convert_ids_to_tokens"):
             raise ValueError(
                 f"tokenizer is a {type(tok).__name__}, not a transformers tokenizer; pass a "
@@ -268,7 +270,8 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
             return self.model_, device
         model = self.model
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            model = transformers.AutoModel.from_pretrained(str(model))
+            with _quiet_loading(transformers, self.verbose):
+                model = transformers.AutoModel.from_pretrained(str(model))
         elif not isinstance(model, torch.nn.Module):
             raise ValueError(
                 f"model is a {type(model).__name__}; pass a model name, a local directory "
@@ -419,6 +422,24 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
                 rows, cols = np.nonzero(keep & (pos < n_tokens))
                 out[idx[rows], pos[rows, cols]] = states[rows, cols]
         return out
+
+
+@contextlib.contextmanager
+def _quiet_loading(transformers, verbose):
+    """transformers' own progress bars (loading weights) only when ``verbose``."""
+    hf_logging = getattr(getattr(transformers, "utils", None), "logging", None)
+    switch = all(
+        hasattr(hf_logging, f)
+        for f in ("is_progress_bar_enabled", "disable_progress_bar", "enable_progress_bar")
+    )
+    if verbose or not switch or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _is_loaded(obj):

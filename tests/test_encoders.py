@@ -127,11 +127,16 @@ def test_batching_does_not_change_the_output(minilm):
     np.testing.assert_allclose(one[0], ref[3, : one.shape[1]], rtol=1e-4, atol=2e-5)
 
 
-def test_dtype_name_and_pickle(minilm):
+def test_dtype_name_and_pickle(minilm, capsys):
+    from transformers.utils import logging as hf_logging
+
     _, path, _, _ = minilm
     enc = HFTokenEncoder(str(path), max_tokens=6, dtype="float64")
     X = enc.fit_transform(TEXTS[:2])
     assert X.dtype == np.float64 and X.shape == (2, 6, 384)
+    # loading by name is silent unless verbose, and leaves transformers' switch as it was
+    assert capsys.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()
     assert enc.model_.training is False
     # the model loaded by name is a cache: not pickled, reloaded on use
     restored = pickle.loads(pickle.dumps(enc))
