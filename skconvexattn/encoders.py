@@ -394,7 +394,6 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
                 "Remove empty texts, or pass special_tokens='keep'."
             )
         n_tokens = int(self.max_tokens) if self.max_tokens is not None else int(lengths.max())
-        hidden = int(getattr(model.config, "hidden_size", 0)) or None
 
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch
         batches = [order[i: i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
@@ -414,9 +413,9 @@ class HFTokenEncoder(TransformerMixin, BaseEstimator):
                 states = model(**inputs, output_hidden_states=True).hidden_states[layer]
                 states = states.float().cpu().numpy() if self.dtype == "float32" else (
                     states.double().cpu().numpy())
-                if out is None:
-                    hidden = states.shape[2]
-                    out = np.full((len(texts), n_tokens, hidden), np.nan, dtype=self.dtype)
+                if out is None:  # the width is the model's hidden size
+                    out = np.full((len(texts), n_tokens, states.shape[2]), np.nan,
+                                  dtype=self.dtype)
                 # row j of sample b is the j-th kept position (vectorised gather)
                 pos = np.cumsum(keep, axis=1) - 1
                 rows, cols = np.nonzero(keep & (pos < n_tokens))
