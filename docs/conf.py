@@ -7,6 +7,10 @@ Build (warnings are errors)::
 
 The gallery scripts in ``examples/`` are executed during the build (a few seconds each on
 a CPU); ``-D plot_gallery=0`` skips running them.
+
+Links to scikit-learn, NumPy and SciPy (intersphinx) need their inventories from the web:
+they are on for Read the Docs builds and with ``SKCONVEXATTN_DOCS_INTERSPHINX=1``, and off
+by default so that the build works offline (the references then render as code).
 """
 
 import os
@@ -25,6 +29,7 @@ version = release
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
@@ -43,6 +48,25 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = True
 
+# long signatures (the heads have a dozen parameters): one parameter per line
+maximum_signature_line_length = 88
+
+# -- intersphinx ------------------------------------------------------------------------
+# Fetching the inventories needs the network; an offline build with the mapping on would
+# warn (an error under -W). Off unless asked for, or on Read the Docs.
+INTERSPHINX = (
+    os.environ.get("SKCONVEXATTN_DOCS_INTERSPHINX", "") == "1"
+    or os.environ.get("READTHEDOCS", "").lower() == "true"
+)
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", None),
+    "sklearn": ("https://scikit-learn.org/stable", None),
+    "numpy": ("https://numpy.org/doc/stable", None),
+    "scipy": ("https://docs.scipy.org/doc/scipy", None),
+    "matplotlib": ("https://matplotlib.org/stable", None),
+} if INTERSPHINX else {}
+intersphinx_timeout = 10
+
 # -- HTML -----------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"skconvexattn {release}"
@@ -54,7 +78,8 @@ html_theme_options = {
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_sidebars = {"index": [], "install": []}
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
 
 # -- gallery --------------------------------------------------------------------------
@@ -82,7 +107,8 @@ sphinx_gallery_conf = {
 
 # -- inherited scikit-learn docstrings --------------------------------------------------
 # Methods inherited from scikit-learn (score, get_params, ...) carry :ref: links to
-# scikit-learn's own user guide, which this build cannot resolve offline: keep their text.
+# scikit-learn's own user guide, which the offline build cannot resolve (and intersphinx
+# not always, labels move between releases): keep their text.
 _REF_WITH_TITLE = re.compile(r":ref:`([^`<]+?)\s*<[^`>]+>`")
 _REF_BARE = re.compile(r":ref:`([^`]+)`")
 

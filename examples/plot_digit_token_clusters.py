@@ -35,6 +35,8 @@ print("tokens per image, features per token:", X.shape[1:])
 train, test = train_test_split(
     np.arange(len(y)), train_size=400, test_size=300, stratify=y, random_state=0
 )
+# alpha=3e-3 is about 0.05 * alpha_max_ here (alpha_max_ = 0.061); on other data, set it
+# as a fraction of alpha_max_ or use the CV estimator (user guide: "Choosing alpha").
 model = make_pipeline(
     TokenPCA(n_components=8),
     ConvexSelfAttentionClassifier(alpha=3e-3, n_gates=4, tol=3e-3, random_state=0),

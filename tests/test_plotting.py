@@ -117,3 +117,121 @@ def test_missing_matplotlib_says_how_to_install(digits_fit, monkeypatch):
         plot_token_clusters(est, X[:2], grid_shape=data.grid_shape, patch_size=2)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_convergence(est)
+
+
+class _FixedClusters:
+    """Stands for a fitted head: fixed token cluster ids (-1 on padding) and labels."""
+
+    def __init__(self, ids, labels):
+        self.ids, self.labels = np.asarray(ids), np.asarray(labels)
+
+    def transform(self, X):
+        return self.ids
+
+    def predict(self, X):
+        return self.labels
+
+
+def _word_boxes(fig):
+    ax = fig.axes[0]
+    return [t for t in ax.texts if t.get_bbox_patch() is not None]
+
+
+def test_text_tokens_drawn_as_highlighted_words():
+    # three texts of 6, 4 and 3 real tokens, padded with NaN rows to 6
+    X = np.zeros((3, 6, 2))
+    X[1, 4:] = np.nan
+    X[2, 3:] = np.nan
+    ids = np.array([[0, 1, 2, 1, 0, 3], [2, 2, 1, 0, -1, -1], [3, 3, 0, -1, -1, -1]])
+    tokens = [["the", "act", "##ing", "was", "un", "##believable"], ["a", "great", "film", "!"],
+              ["so", "dull", "."]]
+    est = _FixedClusters(ids, ["pos", "neg", "pos"])
+    fig = plot_token_clusters(est, X, tokens=tokens, alpha=0.4)
+    try:
+        boxes = _word_boxes(fig)
+        # one box per real token, padding skipped, word-piece markers removed
+        assert [b.get_text() for b in boxes] == [
+            "the", "act", "ing", "was", "un", "believable", "a", "great", "film", "!", "so",
+            "dull", "."]
+        real_ids = ids[ids >= 0]
+        colour_of = {}
+        for b, k in zip(boxes, real_ids):
+            fc = tuple(np.round(b.get_bbox_patch().get_facecolor(), 6))
+            assert fc[3] == pytest.approx(0.4)
+            colour_of.setdefault(int(k), set()).add(fc)
+        assert all(len(v) == 1 for v in colour_of.values())  # one colour per id
+        assert len({next(iter(v)) for v in colour_of.values()}) == len(colour_of)
+        # a word piece continues its word (no space); a new word starts after a space
+        x = [b.get_position()[0] for b in boxes]
+        char = 0.6 * 10
+        assert x[2] == pytest.approx(x[1] + 3 * char)  # "act" + "ing"
+        assert x[3] == pytest.approx(x[2] + 3 * char + char)  # "ing", space, "was"
+        # the predicted labels as titles; a legend entry per real cluster, none for -1
+        others = [t.get_text() for t in fig.axes[0].texts if t.get_bbox_patch() is None]
+        assert others == ["predicted pos", "predicted neg", "predicted pos"]
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert sorted(labels) == sorted(
+            f"cluster {k} ({c / real_ids.size:.0%})"
+            for k, c in zip(*np.unique(real_ids, return_counts=True)))
+    finally:
+        plt.close(fig)
+
+
+def test_text_lines_wrap_and_given_axes(digits_fit, tmp_path):
+    data, X, est = digits_fit
+    words = [[f"w{i}_{j}" for j in range(16)] for i in range(2)]  # 16 tokens, no padding
+    fig = plot_token_clusters(est, X[:2], tokens=words, width=3.0, titles=None, legend=False)
+    try:
+        boxes = _word_boxes(fig)
+        assert len(boxes) == 32
+        ys = sorted({b.get_position()[1] for b in boxes[:16]})
+        assert len(ys) > 1  # a 3-inch figure wraps 16 words onto several lines
+        right = max(b.get_position()[0] + 0.6 * 10 * len(b.get_text()) for b in boxes)
+        assert right <= 3.0 * 72
+        ids = est.transform(X[:2]).ravel()
+        colours = [tuple(b.get_bbox_patch().get_facecolor()) for b in boxes]
+        assert len(set(colours)) == len(set(ids.tolist()))
+        fig.savefig(tmp_path / "words.png")
+    finally:
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    try:
+        out = plot_token_clusters(est, X[:2], tokens=words, ax=ax)
+        assert out is fig and len(_word_boxes(fig)) == 32
+    finally:
+        plt.close(fig)
+
+
+def test_refuses_tokens_it_cannot_draw(digits_fit):
+    data, X, est = digits_fit
+    # text-like input with no strings: 7 tokens are no grid
+    stub = _FixedClusters(np.zeros((2, 7), dtype=int), [0, 1])
+    X7 = np.zeros((2, 7, 3))
+    with pytest.raises(ValueError, match=r"7 tokens.*tokens=\[\[\.\.\.\], \.\.\.\].*grid_shape"):
+        plot_token_clusters(stub, X7)
+    # padding rows are not image patches
+    X16 = X[:2].copy()
+    X16[0, 12:] = np.nan
+    with pytest.raises(ValueError, match="padding rows.*tokens="):
+        plot_token_clusters(est, X16, grid_shape=data.grid_shape, patch_size=2)
+    # a square token count without a patch size is still ambiguous
+    with pytest.raises(ValueError, match="tokens=.*patch_size"):
+        plot_token_clusters(est, X[:2])
+    words = [["a"] * 16, ["b"] * 16]
+    with pytest.raises(ValueError, match="tokens has 1 entries for 2 samples"):
+        plot_token_clusters(est, X[:2], tokens=words[:1])
+    with pytest.raises(ValueError, match=r"tokens\[1\] has 15 strings but sample 1 of X has 16"):
+        plot_token_clusters(est, X[:2], tokens=[words[0], words[1][:15]])
+    with pytest.raises(ValueError, match="not both"):
+        plot_token_clusters(est, X[:2], tokens=words, grid_shape=data.grid_shape)
+
+
+def test_square_grid_inferred_from_images(digits_fit):
+    data, X, est = digits_fit
+    fig = plot_token_clusters(est, X[:2], images=data.images[:2], titles=None, legend=False)
+    try:
+        assert len(fig.axes) == 2
+        np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), data.images[1])
+        assert fig.axes[0].images[1].get_array().shape == (8, 8, 4)  # 4x4 patches of 2x2
+    finally:
+        plt.close(fig)
