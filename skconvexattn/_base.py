@@ -37,10 +37,14 @@ from ._datafits import get_datafit
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
 from ._penalty import BlockNuclearNorm
-from ._solver import alpha_max, fista
+from ._solver import alpha_max, fista, prior_and_start
 from ._validation import check_tokens
 
 __all__ = ["BaseConvexHead"]
+
+# the factored path keeps ``coef_`` (the blocks ``U V^T``) only up to this many weights;
+# beyond, the fitted heads live in ``factors_`` alone
+_MATERIALISE_MAX = 2**24
 
 
 def _has_log_loss(est):
@@ -63,6 +67,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         "fit_intercept": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "tol_scale": [StrOptions({"objective", "null"})],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
         "n_tokens": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [dict, StrOptions({"balanced"}), None],
@@ -161,6 +166,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         dtype = X3.dtype
         P, R, L = self._block_shape(s, d)
         c = classes.shape[0]
+        if self._choose_solver(n, s, d, c, dtype) == "factored":
+            return self._fit_factored(X3, y_enc, classes, sw, backend)
         plan = plan_memory(
             n,
             P * R * L,
@@ -236,6 +243,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             fit_intercept=self.fit_intercept,
             max_iter=self.max_iter,
             tol=self.tol,
+            tol_scale=self._tol_scale(),
             coef_init=coef_init,
             intercept_init=intercept_init,
             step_init=step_init,
@@ -244,14 +252,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             warn=False,
         )
         if not res.converged:
-            warnings.warn(
-                f"{type(self).__name__} did not reach tol={self.tol:g} in "
-                f"max_iter={self.max_iter} iterations (relative duality gap "
-                f"{res.dual_gap / max(abs(res.objective), 1e-300):.2e}). Increase max_iter, "
-                "loosen tol, or increase alpha.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            self._warn_not_converged(res)
+        self.__dict__.pop("factors_", None)
+        self.__dict__.pop("factor_singular_values_", None)
+        self.solver_ = "fista"
+        self.null_objective_ = res.null_objective
         self.coef_ = to_numpy(res.coef)
         self.intercept_ = to_numpy(res.intercept - op.intercept_shift(res.coef))
         self.n_iter_ = res.n_iter
@@ -265,8 +270,159 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         )
         return self
 
+    # ------------------------------------------------------------------ factored path
+    def _tol_scale(self):
+        return getattr(self, "tol_scale", "objective")
+
+    def _warn_not_converged(self, res):
+        scale = res.null_objective if self._tol_scale() == "null" else abs(res.objective)
+        warnings.warn(
+            f"{type(self).__name__} did not reach tol={self.tol:g} in "
+            f"max_iter={self.max_iter} iterations (relative duality gap "
+            f"{res.dual_gap / max(scale, 1e-300):.2e}, tol_scale={self._tol_scale()!r}). "
+            "Increase max_iter, loosen tol, or increase alpha.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+    def _factor_operator(self, gates, X, chunk_rows):  # pragma: no cover - hook
+        """The matrix-free operator on factors (:mod:`skconvexattn._factored_ops`) for
+        heads whose blocks are products of two weight matrices; ``None`` otherwise."""
+        return None
+
+    def _factor_a_shape(self, s, d):  # pragma: no cover - hook
+        """Shape of one head's first-layer weight on the factored path."""
+        return None
+
+    def _factor_scratch(self, s, d, c, r):
+        """Floats of scratch memory per sample of one factored product with ``r`` heads."""
+        return 0
+
+    def _choose_solver(self, n, s, d, c, dtype):
+        """``"fista"`` (lifted features) or ``"factored"``, from the ``solver`` parameter.
+
+        ``"auto"`` (the cost model, see ``docs/factored.rst``) takes the factored path when
+        the lifted features would not be kept in memory (FISTA would recompute them at
+        every product, or could not run at all); otherwise FISTA, whose iterations are
+        cheap once the features are materialised.
+        """
+        solver = getattr(self, "solver", "fista")
+        if solver != "auto":
+            return solver
+        P, R, L = self._block_shape(s, d)
+        try:
+            plan = plan_memory(
+                n, P * R * L, P * R * L * c, np.dtype(dtype).itemsize,
+                self._work_per_sample(s, d), self.memory_budget, type(self).__name__,
+                self._reduce_hint,
+            )
+        except ValueError:
+            return "factored"
+        return "fista" if plan.materialised else "factored"
+
+    def _fit_factored(self, X3, y_enc, classes, sw, backend):
+        """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
+        heads with rank growth and the same duality-gap certificate as FISTA."""
+        from ._factored import balanced_heads, block_spectra, factored_solve
+        from ._factored_ops import chunk_rows_for
+
+        n, s, d = X3.shape
+        c = classes.shape[0]
+        dtype = X3.dtype
+        xp = backend.xp
+        w = sw / sw.sum()
+        prev = self.__dict__.get("factors_")
+        warm = (
+            self.warm_start
+            and prev is not None
+            and prev["A"].shape[2:] == self._factor_a_shape(s, d)
+            and prev["B"].shape[2:] == (d, c)
+            and np.array_equal(getattr(self, "classes_", None), classes)
+        )
+        if not warm:
+            rng = check_random_state(self.random_state)
+            mu, sigma = token_moments(X3, w)
+            self.gates_ = self._init_gates(rng, X3, w, mu, sigma)
+        self.classes_ = classes
+        Xd = backend.asarray(X3)
+        Y = np.zeros((n, c), dtype=dtype)
+        Y[np.arange(n), y_enc] = 1.0
+        Yd = backend.asarray(Y)
+        wd = backend.asarray(w.astype(dtype))
+        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
+        budget = self.memory_budget * 1024**3 / 4
+        r_guess = 32
+        chunk = chunk_rows_for(n, self._factor_scratch(s, d, c, r_guess), dtype.itemsize, budget)
+        op = self._factor_operator(gates, Xd, chunk)
+        datafit = get_datafit(self.loss)
+        prior, b0 = prior_and_start(datafit, Yd, wd, self.fit_intercept)
+        T0 = wd[:, None] * datafit.raw_gradient(xp.zeros_like(Yd) + b0[None, :], Yd)
+        sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
+        self.alpha_max_ = float(sig0.max())
+        if self.alpha >= self.alpha_max_:
+            warnings.warn(
+                f"alpha={self.alpha:g} >= alpha_max_={self.alpha_max_:.4g}: the solution is "
+                "the all-zero model (intercept only). Use a smaller alpha, e.g. a fraction of "
+                "alpha_max_.",
+                UserWarning,
+                stacklevel=3,
+            )
+        A0 = B0 = b_init = None
+        if warm:
+            A0 = backend.asarray(prev["A"].astype(dtype))
+            B0 = backend.asarray(prev["B"].astype(dtype))
+            b_init = backend.asarray(self.intercept_.astype(dtype))
+        res = factored_solve(
+            op, datafit, Yd, wd, float(self.alpha), fit_intercept=self.fit_intercept,
+            max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
+            A_init=A0, B_init=B0, intercept_init=b_init,
+            max_time=getattr(self, "max_time", None), verbose=self.verbose, warn=False,
+        )
+        if not res.converged:
+            self._warn_not_converged(res)
+        A2, B2, S = balanced_heads(res.A, res.B)
+        self.factors_ = {"A": A2.astype(dtype), "B": B2.astype(dtype)}
+        self.factor_singular_values_ = S
+        P, R, L = self._block_shape(s, d)
+        self.__dict__.pop("coef_", None)
+        if P * R * L * c <= _MATERIALISE_MAX:
+            U = A2.reshape(P, A2.shape[1], R)
+            V = B2.reshape(P, B2.shape[1], L * c)
+            self.coef_ = np.matmul(np.transpose(U, (0, 2, 1)), V).astype(dtype)
+        self.intercept_ = to_numpy(res.intercept)
+        self.n_iter_ = res.n_iter
+        self.dual_gap_ = res.dual_gap
+        self.objective_ = res.objective
+        self.null_objective_ = res.null_objective
+        self.convergence_ = res.history
+        self.device_ = backend.name
+        self.solver_ = "factored"
+        self.memory_plan_ = f"factored, chunks of {op.chunk_rows}"
+        return self
+
+    def _factor_logits(self, X3):
+        backend = resolve_device(self.device, for_predict=True)
+        n, s, d = X3.shape
+        dtype = X3.dtype
+        c = self.classes_.shape[0]
+        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
+        from ._factored_ops import chunk_rows_for
+
+        r = self.factors_["A"].shape[1]
+        chunk = chunk_rows_for(
+            n, self._factor_scratch(s, d, c, r), dtype.itemsize, self.memory_budget * 1024**3 / 4
+        )
+        op = self._factor_operator(gates, backend.asarray(X3), chunk)
+        O = op.forward(
+            backend.asarray(self.factors_["A"].astype(dtype)),
+            backend.asarray(self.factors_["B"].astype(dtype)),
+        )
+        return to_numpy(O + backend.asarray(self.intercept_.astype(dtype))[None, :])
+
     # ------------------------------------------------------------------ predict
     def _logits(self, X3):
+        if "factors_" in self.__dict__:
+            return self._factor_logits(X3)
         backend = resolve_device(self.device, for_predict=True)
         xp = backend.xp
         n, s, d = X3.shape
@@ -376,6 +532,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def block_norms(self):
         """Nuclear norm of each fitted block (gate): its importance, shape ``(P,)``."""
         check_is_fitted(self)
+        if "factor_singular_values_" in self.__dict__:
+            return np.asarray(self.factor_singular_values_, dtype=np.float64).sum(axis=1)
         return to_numpy(BlockNuclearNorm().block_norms(np.asarray(self.coef_, dtype=np.float64)))
 
     def token_cluster_info(self):

@@ -44,6 +44,7 @@ class SolverResult:
     converged: bool
     step_size: float  # the last step, for the operator scaled by 1 / kappa
     history: dict = field(default_factory=dict)
+    null_objective: float = math.nan  # loss of the intercept-only model
 
 
 def _vdot(a, b, xp):
@@ -151,6 +152,7 @@ def fista(
     fit_intercept=True,
     max_iter=1000,
     tol=1e-4,
+    tol_scale="objective",
     check_every=10,
     coef_init=None,
     intercept_init=None,
@@ -176,7 +178,11 @@ def fista(
     fit_intercept : bool
     max_iter : int
     tol : float
-        Stop when ``(primal - dual) <= tol * primal``.
+        Stop when ``(primal - dual) <= tol * scale``.
+    tol_scale : {"objective", "null"}
+        ``scale``: the primal objective, or the loss of the intercept-only model (as
+        scikit-learn's Lasso does; it does not shrink when the model nearly
+        interpolates).
     check_every : int
         Iterations between duality-gap evaluations (each costs one adjoint product).
     step_growth : float
@@ -255,6 +261,10 @@ def fista(
 
     best_dual = [-math.inf]
     reporter = make_reporter(verbose, tol, max_iter)
+    null = float(to_numpy(datafit.value(xp.zeros_like(Y) + b0[None, :], Y, w)))
+
+    def ref(p):
+        return null if tol_scale == "null" else abs(p)
 
     def check(it):
         # every dual-feasible point bounds the optimum from below: keep the best one
@@ -265,12 +275,12 @@ def fista(
         history["objective"].append(p)
         history["dual_gap"].append(p - d)
         history["time"].append(time.perf_counter() - t_start)
-        reporter.update(it, p, (p - d) / max(abs(p), 1e-300))
+        reporter.update(it, p, (p - d) / max(ref(p), 1e-300))
         return p, d
 
     primal, dual = check(0)
     gap = primal - dual
-    if gap <= tol * abs(primal):
+    if gap <= tol * ref(primal):
         converged = True
 
     while not converged and it < max_iter:
@@ -328,7 +338,7 @@ def fista(
         if it % check_every == 0 or it == max_iter:
             primal, dual = check(it)
             gap = primal - dual
-            if gap <= tol * abs(primal):
+            if gap <= tol * ref(primal):
                 converged = True
 
     # the penalty tracked through the loop comes from the prox's Gram eigenvalues; report
@@ -339,6 +349,9 @@ def fista(
     if history["iteration"] and history["iteration"][-1] == it:
         history["objective"][-1] = primal
         history["dual_gap"][-1] = gap
+    history["relative_gap"] = [g / max(abs(p), 1e-300) for g, p in
+                               zip(history["dual_gap"], history["objective"])]
+    history["null_relative_gap"] = [g / max(null, 1e-300) for g in history["dual_gap"]]
     reporter.close(converged)
     if not converged and warn:
         warnings.warn(
@@ -358,4 +371,5 @@ def fista(
         converged=converged,
         step_size=t,
         history=history,
+        null_objective=null,
     )

@@ -317,6 +317,11 @@ class ConvexFNOClassifier(BaseConvexHead):
         Maximum FISTA iterations.
     tol : float, default=1e-4
         Stop when the duality gap is at most ``tol`` times the objective.
+    tol_scale : {"objective", "null"}, default="objective"
+        What ``tol`` is relative to: the objective, or the loss of the intercept-only
+        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
+        nearly interpolates, so certifying takes far fewer iterations at small alpha).
+        ``convergence_`` reports the gap relative to both.
     device : {"auto", "cpu", "cuda"}, default="auto"
         ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
     n_tokens : int, default=None
@@ -435,6 +440,7 @@ class ConvexFNOClassifier(BaseConvexHead):
         fit_intercept=True,
         max_iter=1000,
         tol=1e-4,
+        tol_scale="objective",
         device="auto",
         n_tokens=None,
         class_weight=None,
@@ -452,6 +458,7 @@ class ConvexFNOClassifier(BaseConvexHead):
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
         self.tol = tol
+        self.tol_scale = tol_scale
         self.device = device
         self.n_tokens = n_tokens
         self.class_weight = class_weight

@@ -126,6 +126,11 @@ class ConvexMLPClassifier(BaseConvexHead):
         Maximum FISTA iterations.
     tol : float, default=1e-4
         Stop when the duality gap is at most ``tol`` times the objective.
+    tol_scale : {"objective", "null"}, default="objective"
+        What ``tol`` is relative to: the objective, or the loss of the intercept-only
+        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
+        nearly interpolates, so certifying takes far fewer iterations at small alpha).
+        ``convergence_`` reports the gap relative to both.
     device : {"auto", "cpu", "cuda"}, default="auto"
         ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
     n_tokens : int, default=None
@@ -226,6 +231,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         fit_intercept=True,
         max_iter=1000,
         tol=1e-4,
+        tol_scale="objective",
         device="auto",
         n_tokens=None,
         class_weight=None,
@@ -242,6 +248,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
         self.tol = tol
+        self.tol_scale = tol_scale
         self.device = device
         self.n_tokens = n_tokens
         self.class_weight = class_weight

@@ -1,0 +1,556 @@
+"""The factored solver: L-BFGS on the heads of the non-convex network, with rank growth
+and the convex program's duality-gap certificate (``docs/factored.rst``).
+
+For the heads whose blocks are products of two weight matrices (self-attention, Mixer),
+``Z_p = sum_j vec(A_pj) vec(B_pj)^T`` and the smooth objective
+
+    F(A, B, b) = datafit(sum_p Phi^(p)(Z_p) + b) + (alpha / 2) sum_{p, j} (||A_pj||^2 + ||B_pj||^2)
+
+has the convex program's optimal value once each block has enough columns
+(``||Z||_* = min (||U||^2 + ||V||^2) / 2`` over ``U V^T = Z``). The solver alternates:
+
+1. L-BFGS on ``F`` with the current columns (each evaluation: one forward and the two
+   block-gradient products of :mod:`~skconvexattn._factored_ops`, never a lifted feature);
+2. the certificate: the gradient blocks ``Grad_p`` at the dual candidate ``theta`` (the
+   same as the lifted solver's), their spectral norms (exactly, from the whole block
+   through ``min(R, L c)`` products, when that side is small; otherwise by a
+   Golub-Kahan-Lanczos bidiagonalisation with full reorthogonalisation, warm-started from
+   the previous leading vector), the primal value with the exact nuclear norm of each
+   ``A B^T`` and the dual value at ``theta`` scaled into the dual-feasible set;
+3. rank growth: every block whose ``||Grad_p||_2`` exceeds ``alpha`` gets the leading
+   singular pair of ``-Grad_p`` as a new head, with a line-searched scale (a descent
+   direction of the convex program: a stationary point with ``||Grad_p||_2 <= alpha`` for
+   every ``p`` is the global optimum).
+
+The gap is the same quantity as :func:`~skconvexattn._solver.fista`'s, so ``dual_gap_``
+keeps its meaning on both paths.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from ._backend import get_namespace, to_numpy
+from ._solver import prior_and_start
+
+__all__ = ["factored_solve", "FactoredResult", "block_spectra", "factor_nuclear_norms"]
+
+
+@dataclass
+class FactoredResult:
+    """What :func:`factored_solve` returns (arrays in the solver's namespace)."""
+
+    A: object
+    B: object
+    intercept: object
+    n_iter: int
+    objective: float
+    dual_objective: float
+    dual_gap: float
+    null_objective: float
+    converged: bool
+    history: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- small helpers
+def _dot(a, b, xp):
+    """Inner product accumulated in float64."""
+    return xp.sum(xp.astype(a, xp.float64) * xp.astype(b, xp.float64))
+
+
+def _tdot(x, y, xp):
+    return sum(_dot(a, b, xp) for a, b in zip(x, y))
+
+
+def _host(*values):
+    """Several 0-d arrays as Python floats, in one transfer."""
+    xp = get_namespace(values[0])
+    vals = [xp.astype(v, xp.float64) for v in values]
+    return [float(v) for v in to_numpy(xp.stack(vals))]
+
+
+def factor_nuclear_norms(A, B):
+    """``||sum_j vec(A_pj) vec(B_pj)^T||_*`` of every block (float64 NumPy, ``(P,)``).
+
+    From the Gram matrices of the two factors (``r x r``): with ``U^T U = W1 L1 W1^T`` and
+    ``V^T V = W2 L2 W2^T``, ``U V^T`` has the singular values of
+    ``L1^(1/2) W1^T W2 L2^(1/2)``.
+    """
+    xp = get_namespace(A)
+    P, r = A.shape[0], A.shape[1]
+    U = xp.astype(xp.reshape(A, (P, r, -1)), xp.float64)
+    V = xp.astype(xp.reshape(B, (P, r, -1)), xp.float64)
+    GU = to_numpy(U @ xp.matrix_transpose(U))
+    GV = to_numpy(V @ xp.matrix_transpose(V))
+    return np.array([_nuc_from_grams(GU[p], GV[p]) for p in range(P)])
+
+
+def _nuc_from_grams(GU, GV):
+    l1, W1 = np.linalg.eigh(GU)
+    l2, W2 = np.linalg.eigh(GV)
+    M = (np.sqrt(np.clip(l1, 0, None))[:, None] * (W1.T @ W2)) * np.sqrt(np.clip(l2, 0, None))
+    return float(np.linalg.svd(M, compute_uv=False).sum())
+
+
+def balanced_heads(A, B):
+    """The compact SVD of every block, as balanced heads (host, float64).
+
+    Returns ``A2`` ``(P, k) + a_shape`` and ``B2`` ``(P, k, d, c)`` with
+    ``vec(A2_pj) = sqrt(sigma_j) u_j``, ``vec(B2_pj) = sqrt(sigma_j) v_j`` (``k`` the largest
+    rank over blocks; missing heads are zero), and the singular values ``(P, k)``.
+    """
+    A = np.asarray(to_numpy(A), dtype=np.float64)
+    B = np.asarray(to_numpy(B), dtype=np.float64)
+    P, r = A.shape[:2]
+    a_shape, b_shape = A.shape[2:], B.shape[2:]
+    U = np.transpose(A.reshape(P, r, -1), (0, 2, 1))  # (P, R, r)
+    V = np.transpose(B.reshape(P, r, -1), (0, 2, 1))  # (P, Lc, r)
+    Qu, Ru = np.linalg.qr(U)  # (P, R, ku), (P, ku, r)
+    Qv, Rv = np.linalg.qr(V)
+    X, S, Yh = np.linalg.svd(Ru @ np.transpose(Rv, (0, 2, 1)), full_matrices=False)
+    root = np.sqrt(S)  # (P, k), k = min(r, R, Lc)
+    Uh = (Qu @ X) * root[:, None, :]  # (P, R, k)
+    Vh = (Qv @ np.transpose(Yh, (0, 2, 1))) * root[:, None, :]
+    k = S.shape[1]
+    A2 = np.transpose(Uh, (0, 2, 1)).reshape((P, k) + a_shape)
+    B2 = np.transpose(Vh, (0, 2, 1)).reshape((P, k) + b_shape)
+    return A2, B2, S
+
+
+# ---------------------------------------------------------------- spectra
+def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=64):
+    """Largest singular value of every gradient block ``Grad_p = sum_i Phi_i^(p) (x) T_i``
+    and its singular vectors, from the matrix-free products only.
+
+    Parameters
+    ----------
+    op : factor operator (:mod:`~skconvexattn._factored_ops`)
+    T : array (n, c)
+        Weighted loss gradients (or dual point) ``w_i theta_i``.
+    n_steps : int
+        Lanczos steps (each: one product with ``Grad_p`` and one with its transpose, all
+        blocks at once). Exact (a full Krylov space) when ``n_steps >= min(R, L c)``.
+    start : array (P, d, c) or None
+        Starting right vectors (the previous leading ones); random otherwise.
+    exact_max : int
+        When ``L c`` (or ``R``) is at most this, the whole block is formed through that
+        many products and its spectrum computed exactly.
+
+    Returns
+    -------
+    sigma : ndarray (P,)
+        Float64 host array.
+    u : array (P,) + a_shape
+        Left vectors (unit norm), in the namespace of ``T``.
+    v : array (P, d, c)
+        Right vectors.
+    """
+    xp = get_namespace(T)
+    dtype = T.dtype
+    P = op.P
+    a_shape = op.a_shape
+    d, c = op.d, T.shape[1]
+    R, Lc = math.prod(a_shape), d * c
+    rng = np.random.default_rng(0) if rng is None else rng
+    if Lc <= exact_max or R <= exact_max:
+        if Lc <= R:
+            eye = xp.reshape(xp.eye(Lc, dtype=dtype), (1, Lc, d, c))
+            G = op.grad_a(T, xp.broadcast_to(eye, (P, Lc, d, c)))  # (P, Lc) + a_shape
+            Gm = np.transpose(to_numpy(xp.reshape(G, (P, Lc, R))).astype(np.float64), (0, 2, 1))
+        else:
+            eye = xp.reshape(xp.eye(R, dtype=dtype), (1, R) + a_shape)
+            G = op.grad_b(T, xp.broadcast_to(eye, (P, R) + a_shape))  # (P, R, d, c)
+            Gm = to_numpy(xp.reshape(G, (P, R, Lc))).astype(np.float64)
+        Uf, S, Vh = np.linalg.svd(Gm, full_matrices=False)
+        u = xp.asarray(np.ascontiguousarray(Uf[:, :, 0]).reshape((P,) + a_shape), dtype=dtype)
+        v = xp.asarray(np.ascontiguousarray(Vh[:, 0, :]).reshape(P, d, c), dtype=dtype)
+        return S[:, 0].copy(), u, v
+    k = int(min(n_steps, R, Lc))
+    f64 = xp.float64
+    if start is None:
+        v = xp.asarray(rng.standard_normal((P, Lc)))
+    else:
+        v = xp.astype(xp.reshape(start, (P, Lc)), f64)
+        v = v + 1e-3 * xp.asarray(rng.standard_normal((P, Lc))) * xp.sqrt(
+            xp.sum(v * v, axis=1, keepdims=True) / Lc
+        )
+
+    def nrm(x):
+        return xp.sqrt(xp.sum(x * x, axis=1))
+
+    def safe_div(x, a):
+        return x / xp.where(a > 0, a, xp.ones_like(a))[:, None]
+
+    def Gv(vec):
+        Bv = xp.astype(xp.reshape(vec, (P, 1, d, c)), dtype)
+        return xp.astype(xp.reshape(op.grad_a(T, Bv), (P, R)), f64)
+
+    def GTu(vec):
+        Au = xp.astype(xp.reshape(vec, (P, 1) + a_shape), dtype)
+        return xp.astype(xp.reshape(op.grad_b(T, Au), (P, Lc)), f64)
+
+    def reorth(x, basis):  # basis (P, j, n): remove components twice (stable)
+        for _ in range(2):
+            coef = basis @ x[:, :, None]  # (P, j, 1)
+            x = x - xp.reshape(xp.matrix_transpose(basis) @ coef, x.shape)
+        return x
+
+    v = safe_div(v, nrm(v))
+    Vs, Us, alphas, betas = [v], [], [], []
+    u = Gv(v)
+    a = nrm(u)
+    u = safe_div(u, a)
+    Us.append(u)
+    alphas.append(a)
+    for _ in range(1, k):
+        vn = GTu(Us[-1]) - alphas[-1][:, None] * Vs[-1]
+        vn = reorth(vn, xp.stack(Vs, axis=1))
+        b = nrm(vn)
+        vn = safe_div(vn, b)
+        un = Gv(vn) - b[:, None] * Us[-1]
+        un = reorth(un, xp.stack(Us, axis=1))
+        a = nrm(un)
+        un = safe_div(un, a)
+        Vs.append(vn)
+        Us.append(un)
+        betas.append(b)
+        alphas.append(a)
+    al = to_numpy(xp.stack(alphas, axis=1))
+    be = to_numpy(xp.stack(betas, axis=1)) if betas else np.zeros((P, 0))
+    Bd = np.zeros((P, k, k))
+    idx = np.arange(k)
+    Bd[:, idx, idx] = al
+    if k > 1:
+        Bd[:, idx[:-1], idx[1:]] = be
+    X, S, Yh = np.linalg.svd(Bd)
+    Ub, Vb = xp.stack(Us, axis=1), xp.stack(Vs, axis=1)  # (P, k, R), (P, k, Lc)
+    u = xp.reshape(xp.matrix_transpose(Ub) @ xp.asarray(X[:, :, :1]), (P,) + a_shape)
+    v = xp.reshape(xp.matrix_transpose(Vb) @ xp.asarray(np.transpose(Yh[:, :1, :], (0, 2, 1))), (P, d, c))
+    return S[:, 0].copy(), xp.astype(u, dtype), xp.astype(v, dtype)
+
+
+# ---------------------------------------------------------------- the solver
+class _Objective:
+    """``F(A, B, b)`` and its gradient; counts evaluations."""
+
+    def __init__(self, op, datafit, Y, w, alpha, fit_intercept):
+        self.op, self.datafit, self.Y, self.w = op, datafit, Y, w
+        self.alpha, self.fit_intercept = alpha, fit_intercept
+        self.xp = get_namespace(Y)
+        self.n_eval = 0
+
+    def __call__(self, x):
+        A, B, b = x
+        xp = self.xp
+        self.n_eval += 1
+        f, gA, gB, gb, O = self.op.value_and_grads(A, B, b, self.datafit, self.Y, self.w)
+        al = self.alpha
+        F = xp.astype(f, xp.float64) + 0.5 * al * (_dot(A, A, xp) + _dot(B, B, xp))
+        g = [gA + al * A, gB + al * B, gb if self.fit_intercept else xp.zeros_like(gb)]
+        return F, g, O
+
+
+class _LBFGS:
+    """L-BFGS (two-loop recursion, Armijo backtracking) whose memory survives between
+    calls and across rank growth (stored pairs are padded with zero heads: they stay
+    valid curvature pairs on the old coordinates)."""
+
+    def __init__(self, memory, xp):
+        self.memory, self.xp = memory, xp
+        self.S, self.Y, self.rho = [], [], []
+
+    def pad(self, r_new):
+        """Give every stored pair zero columns up to ``r_new`` heads."""
+        xp = self.xp
+
+        def grow(v):
+            extra = r_new - v[0].shape[1]
+            if extra <= 0:
+                return v
+            za = xp.zeros((v[0].shape[0], extra) + tuple(v[0].shape[2:]), dtype=v[0].dtype)
+            zb = xp.zeros((v[1].shape[0], extra) + tuple(v[1].shape[2:]), dtype=v[1].dtype)
+            return [xp.concat([v[0], za], axis=1), xp.concat([v[1], zb], axis=1), v[2]]
+
+        self.S = [grow(v) for v in self.S]
+        self.Y = [grow(v) for v in self.Y]
+
+    def take(self, idx):
+        """Keep only the heads ``idx`` in the stored pairs."""
+        xp = self.xp
+
+        def sub(v):
+            return [xp.take(v[0], idx, axis=1), xp.take(v[1], idx, axis=1), v[2]]
+
+        self.S = [sub(v) for v in self.S]
+        self.Y = [sub(v) for v in self.Y]
+
+    def direction(self, g):
+        xp = self.xp
+        q = list(g)
+        coefs = []
+        for s_, y_, r_ in zip(reversed(self.S), reversed(self.Y), reversed(self.rho)):
+            a_ = r_ * _host(_tdot(s_, q, xp))[0]
+            coefs.append(a_)
+            q = [qi - a_ * yi for qi, yi in zip(q, y_)]
+        if self.S:
+            sy, yy = _host(_tdot(self.S[-1], self.Y[-1], xp), _tdot(self.Y[-1], self.Y[-1], xp))
+            gamma = sy / yy
+        else:
+            gamma = 1.0 / max(math.sqrt(_host(_tdot(g, g, xp))[0]), 1e-300)
+        q = [gamma * qi for qi in q]
+        for s_, y_, r_, a_ in zip(self.S, self.Y, self.rho, reversed(coefs)):
+            b_ = r_ * _host(_tdot(y_, q, xp))[0]
+            q = [qi + (a_ - b_) * si for qi, si in zip(q, s_)]
+        return [-qi for qi in q]
+
+    def run(self, fun, x, F, g, O, *, max_iter, deadline, stats):
+        """At most ``max_iter`` iterations from ``x``; returns the new point, value,
+        gradient, logits and whether the line search stalled (no decrease found)."""
+        xp = self.xp
+        Fh = _host(F)[0]
+        for _ in range(max_iter):
+            if time.perf_counter() > deadline:
+                break
+            direc = self.direction(g)
+            slope = _host(_tdot(g, direc, xp))[0]
+            if not slope < 0:  # not a descent direction: forget the curvature pairs
+                self.S, self.Y, self.rho = [], [], []
+                direc = self.direction(g)
+                slope = _host(_tdot(g, direc, xp))[0]
+                if not slope < 0:
+                    return x, F, g, O, True
+            t = 1.0
+            for _ls in range(40):
+                xn = [xi + t * di for xi, di in zip(x, direc)]
+                Fn, gn, On = fun(xn)
+                Fnh = _host(Fn)[0]
+                if math.isfinite(Fnh) and Fnh <= Fh + 1e-4 * t * slope:
+                    break
+                t *= 0.5
+            else:
+                return x, F, g, O, True  # no decrease at this precision
+            stats["iterations"] += 1
+            s_ = [a - b for a, b in zip(xn, x)]
+            y_ = [a - b for a, b in zip(gn, g)]
+            sy, ss, yy = _host(_tdot(s_, y_, xp), _tdot(s_, s_, xp), _tdot(y_, y_, xp))
+            if sy > 1e-10 * math.sqrt(ss * yy):
+                self.S.append(s_)
+                self.Y.append(y_)
+                self.rho.append(1.0 / sy)
+                if len(self.S) > self.memory:
+                    self.S.pop(0), self.Y.pop(0), self.rho.pop(0)
+            x, F, g, O, Fh = xn, Fn, gn, On, Fnh
+        return x, F, g, O, False
+
+
+def factored_solve(
+    op,
+    datafit,
+    Y,
+    w,
+    alpha,
+    *,
+    fit_intercept=True,
+    max_iter=1000,
+    tol=1e-4,
+    tol_scale="null",
+    check_every=20,
+    memory=10,
+    A_init=None,
+    B_init=None,
+    intercept_init=None,
+    max_time=None,
+    n_lanczos=30,
+    random_state=0,
+    verbose=0,
+    warn=True,
+):
+    """Solve the convex program on factors to a duality gap ``<= tol * scale``.
+
+    Parameters
+    ----------
+    op : AttentionFactorOperator or MixerFactorOperator
+    datafit : LogLoss or SquaredError
+    Y : array (n, c)
+        One-hot targets in the solver's namespace and dtype.
+    w : array (n,)
+        Sample weights summing to one.
+    alpha : float
+    fit_intercept : bool
+    max_iter : int
+        L-BFGS iterations in all (rank growth steps count as one).
+    tol : float
+    tol_scale : {"null", "objective"}
+        The gap is compared with ``tol`` times the loss of the intercept-only model
+        (``"null"``) or the primal objective.
+    check_every : int
+        L-BFGS iterations between certificates.
+    memory : int
+        L-BFGS memory (pairs).
+    A_init, B_init, intercept_init : arrays or None
+        Warm start (factors of shape ``(P, r) + a_shape`` and ``(P, r, d, c)``).
+    max_time : float or None
+        Seconds after which the solver stops like at ``max_iter``.
+    n_lanczos : int
+        Lanczos steps per spectral norm.
+
+    Returns
+    -------
+    FactoredResult
+    """
+    xp = get_namespace(Y)
+    dtype = Y.dtype
+    P, a_shape = op.P, op.a_shape
+    d, c = op.d, Y.shape[1]
+    rng = np.random.default_rng(random_state)
+    t0 = time.perf_counter()
+    deadline = math.inf if max_time is None else t0 + float(max_time)
+    prior, b0 = prior_and_start(datafit, Y, w, fit_intercept)
+    O0 = xp.zeros_like(Y) + b0[None, :]
+    null = _host(datafit.value(O0, Y, w))[0]
+
+    if A_init is not None and B_init is not None and A_init.shape[1] > 0:
+        A, B = A_init, B_init
+        b = intercept_init if (fit_intercept and intercept_init is not None) else b0
+    else:
+        A = xp.zeros((P, 0) + a_shape, dtype=dtype)
+        B = xp.zeros((P, 0, d, c), dtype=dtype)
+        b = b0
+    fun = _Objective(op, datafit, Y, w, alpha, fit_intercept)
+    history = {"iteration": [], "objective": [], "dual_gap": [], "time": [], "rank": [],
+               "relative_gap": [], "null_relative_gap": []}
+    stats = {"iterations": 0}
+    lbfgs = _LBFGS(memory, xp)
+    best_dual = -math.inf
+    v_start = None
+    converged = False
+    primal = gap = math.inf
+    if A.shape[1] > 0:
+        O = fun([A, B, b])[2]
+    else:
+        O = xp.zeros_like(Y) + b[None, :]
+    while True:
+        # ---- certificate at the current point (logits O)
+        theta = datafit.dual_candidate(O, Y, w, prior, fit_intercept)
+        T = w[:, None] * theta
+        sig, u_top, v_top = block_spectra(op, T, n_steps=n_lanczos, start=v_start, rng=rng)
+        v_start = v_top
+        spec = float(sig.max()) if sig.size else 0.0
+        scale = min(1.0, alpha / spec) if spec > 0 else 1.0
+        fval, dval = _host(datafit.value(O, Y, w), datafit.dual_value(scale * theta, Y, w))
+        nuc = factor_nuclear_norms(A, B).sum() if A.shape[1] > 0 else 0.0
+        primal = fval + alpha * nuc
+        best_dual = max(best_dual, dval)
+        gap = max(primal - best_dual, 0.0)
+        it = stats["iterations"]
+        ref = null if tol_scale == "null" else abs(primal)
+        history["iteration"].append(it)
+        history["objective"].append(primal)
+        history["dual_gap"].append(gap)
+        history["time"].append(time.perf_counter() - t0)
+        history["rank"].append(int(A.shape[1]))
+        history["relative_gap"].append(gap / max(abs(primal), 1e-300))
+        history["null_relative_gap"].append(gap / max(null, 1e-300))
+        if verbose:
+            print(
+                f"[skconvexattn] iter {it:5d}  objective {primal:.8e}  relative gap "
+                f"{gap / max(ref, 1e-300):.3e}  heads/block {A.shape[1]}  "
+                f"||Grad||/alpha {spec / alpha:.4f}",
+                flush=True,
+            )
+        if gap <= tol * ref:
+            converged = True
+            break
+        if it >= max_iter or time.perf_counter() > deadline:
+            break
+        # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
+        grow = sig > alpha * (1.0 + 1e-6)
+        if np.any(grow):
+            mask = xp.asarray(grow.astype(np.float64), dtype=dtype)
+            Anew = -xp.reshape(u_top * xp.reshape(mask, (P,) + (1,) * len(a_shape)),
+                               (P, 1) + a_shape)
+            Bnew = xp.reshape(v_top * mask[:, None, None], (P, 1, d, c))
+            tau = _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, int(grow.sum()),
+                               sig[grow].max())
+            root = math.sqrt(tau)
+            A = xp.concat([A, root * Anew], axis=1)
+            B = xp.concat([B, root * Bnew], axis=1)
+            lbfgs.pad(A.shape[1])
+            stats["iterations"] += 1
+        # ---- L-BFGS on the current columns
+        F, g, O = fun([A, B, b])
+        budget = min(check_every, max_iter - stats["iterations"])
+        if budget <= 0:
+            continue
+        (A, B, b), F, g, O, _stalled = lbfgs.run(
+            fun, [A, B, b], F, g, O, max_iter=budget, deadline=deadline, stats=stats
+        )
+        keep = _nonzero_heads(A, B, xp)
+        if keep is not None:
+            A, B = xp.take(A, keep, axis=1), xp.take(B, keep, axis=1)
+            lbfgs.take(keep)
+    if not converged and warn:
+        warnings.warn(
+            f"The factored solver stopped before the requested duality gap (relative gap "
+            f"{gap / max(null if tol_scale == 'null' else abs(primal), 1e-300):.2e} > "
+            f"tol={tol:g}). Increase max_iter or max_time, loosen tol, or increase alpha.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return FactoredResult(
+        A=A, B=B, intercept=b, n_iter=stats["iterations"], objective=primal,
+        dual_objective=best_dual, dual_gap=gap, null_objective=null, converged=converged,
+        history=history,
+    )
+
+
+def _nonzero_heads(A, B, xp):
+    """Indices of the heads that are non-zero in some block (``None``: all are); zero
+    heads stay zero under L-BFGS and only cost time."""
+    P, r = A.shape[0], A.shape[1]
+    if r <= 1:
+        return None
+    na = xp.sum(xp.reshape(xp.astype(A, xp.float64) ** 2, (P, r, -1)), axis=2)
+    nb = xp.sum(xp.reshape(xp.astype(B, xp.float64) ** 2, (P, r, -1)), axis=2)
+    size = to_numpy(xp.max(na + nb, axis=0))
+    keep = np.flatnonzero(size > 1e-30 * max(size.max(), 1e-300))
+    if keep.size == r:
+        return None
+    return xp.asarray(keep)
+
+
+def _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, n_new, sig_max):
+    """Scale ``tau`` of the new heads ``sqrt(tau) (Anew, Bnew)``: minimises
+    ``datafit(O + tau dO) + alpha * n_new * tau`` (a 1-D convex problem on the logits)."""
+    xp = get_namespace(O)
+    dO = op.forward(Anew, Bnew)
+
+    def phi(tau):
+        return _host(datafit.value(O + tau * dO, Y, w))[0] + alpha * n_new * tau
+
+    def dphi(tau):
+        _, th = datafit.value_and_gradient(O + tau * dO, Y, w)
+        return _host(_dot(w[:, None] * th, dO, xp))[0] + alpha * n_new
+
+    # bracket the minimiser: the derivative at 0 is about alpha * n_new - sum sigma_p < 0
+    lo, hi = 0.0, 1.0 / max(sig_max, 1e-300)
+    for _ in range(60):
+        if dphi(hi) >= 0:
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(40):  # bisection on the derivative
+        mid = 0.5 * (lo + hi)
+        if dphi(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-3 * hi:
+            break
+    tau = 0.5 * (lo + hi)
+    return tau if phi(tau) < phi(0.0) else lo

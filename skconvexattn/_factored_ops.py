@@ -1,0 +1,291 @@
+"""Matrix-free products of the heads whose convex blocks are products of two weight
+matrices (self-attention, MLP-Mixer), on *factors* instead of lifted features.
+
+A block ``Z_p`` of shape ``(R, L c)`` is held as a sum of ``r`` rank-one terms, one head
+of the non-convex network each: ``A[p, j]`` (the first-layer weight, shape ``a_shape``:
+``(d, d)`` query-key for self-attention, ``(s, s)`` token mixing for the Mixer) and
+``B[p, j]`` (the second-layer weight, ``(d, c)``), i.e. ``Z_p = sum_j vec(A_pj) vec(B_pj)^T``.
+Arrays: ``A`` of shape ``(P, r) + a_shape``, ``B`` of shape ``(P, r, d, c)``.
+
+Each operator gives, chunk by chunk of samples (never lifting a feature):
+
+* ``forward(A, B)``: the logits ``o_i = sum_p <Phi_i^(p), Z_p>`` (no intercept), ``(n, c)``;
+* ``grad_a(T, B)``: ``Grad_p v`` for every column ``v = vec(B_pj)``, shaped like ``A``;
+* ``grad_b(T, A)``: ``Grad_p^T u`` for every column ``u = vec(A_pj)``, shaped like ``B``;
+
+where ``Grad_p = sum_i Phi_i^(p) (x) T_i`` and ``T`` (``(n, c)``) holds the weighted loss
+gradients ``w_i theta_i``. ``value_and_grads`` fuses the three for the factored
+objective. These are the products of ``SPEC`` section 3b; ``docs/factored.rst`` explains
+them. Every product is a batched GEMM; the cost per sample, gate and head is about
+``2 d^2 + s d + d c`` multiply-adds for self-attention (``s^2 d + s d c`` for the Mixer),
+against ``d^3 c`` (``s^2 d c``) for one lifted product.
+
+Padding. ``inv_len`` (``(n,)``) is ``1 / s_i`` with ``s_i`` the number of real tokens of
+sample ``i``; padding tokens are zero rows of ``X`` and carry zero gate masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._backend import get_namespace
+
+__all__ = ["AttentionFactorOperator", "MixerFactorOperator"]
+
+
+class _FactorOperator:
+    """Shared chunking and the fused value-and-gradient pass."""
+
+    def __init__(self, X, inv_len, chunk_rows):
+        self.xp = get_namespace(X)
+        self.X = X
+        self.n_samples, self.s, self.d = (int(v) for v in X.shape)
+        self.inv_len = inv_len
+        self.chunk_rows = int(chunk_rows) if chunk_rows else self.n_samples
+
+    def _chunks(self):
+        for a in range(0, self.n_samples, self.chunk_rows):
+            yield a, min(a + self.chunk_rows, self.n_samples)
+
+    # heads implement _keys(a, b, A), _values(a, b, B), _contract(a, b, K, V),
+    # _grad_a_chunk(a, b, V, T), _grad_b_chunk(a, b, K, T)
+
+    def forward(self, A, B):
+        """Logits without intercept, ``(n, c)``."""
+        xp = self.xp
+        parts = [
+            self._contract(a, b, self._keys(a, b, A), self._values(a, b, B))
+            for a, b in self._chunks()
+        ]
+        O = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+        return O * self.inv_len[:, None]
+
+    def grad_a(self, T, B):
+        """``Grad_p vec(B_pj)`` reshaped like ``A`` (``T``: ``(n, c)`` weighted gradients)."""
+        G = None
+        Ts = T * self.inv_len[:, None]
+        for a, b in self._chunks():
+            part = self._grad_a_chunk(a, b, self._values(a, b, B), Ts[a:b])
+            G = part if G is None else G + part
+        return G
+
+    def grad_b(self, T, A):
+        """``Grad_p^T vec(A_pj)`` reshaped like ``B``."""
+        G = None
+        Ts = T * self.inv_len[:, None]
+        for a, b in self._chunks():
+            part = self._grad_b_chunk(a, b, self._keys(a, b, A), Ts[a:b])
+            G = part if G is None else G + part
+        return G
+
+    def value_and_grads(self, A, B, intercept, datafit, Y, w):
+        """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits.
+
+        One pass over the samples when they fit in one chunk (keys and values are kept
+        between the forward and the backward products); otherwise the forward pass runs
+        first and the backward pass recomputes them chunk by chunk.
+        """
+        xp = self.xp
+        if self.chunk_rows >= self.n_samples:
+            K = self._keys(0, self.n_samples, A)
+            V = self._values(0, self.n_samples, B)
+            O = self._contract(0, self.n_samples, K, V) * self.inv_len[:, None]
+            O = O + intercept[None, :]
+            f, theta = datafit.value_and_gradient(O, Y, w)
+            T = w[:, None] * theta
+            Ts = T * self.inv_len[:, None]
+            gA = self._grad_a_chunk(0, self.n_samples, V, Ts)
+            gB = self._grad_b_chunk(0, self.n_samples, K, Ts)
+        else:
+            O = self.forward(A, B) + intercept[None, :]
+            f, theta = datafit.value_and_gradient(O, Y, w)
+            T = w[:, None] * theta
+            gA, gB = self.grad_a(T, B), self.grad_b(T, A)
+        gb = w @ theta
+        return f, gA, gB, gb, O
+
+
+class AttentionFactorOperator(_FactorOperator):
+    """Self-attention on factors: ``A`` ``(P, r, d, d)`` query-key, ``B`` ``(P, r, d, c)``.
+
+    With ``S_sigma = sum_{t on side sigma} x_t`` (per sample and gate) the logits are
+    ``o_i = (1/s_i) sum_{p, j} sum_t (x_t^T A_pj^T S_sigma(t)) (x_t^T B_pj)``:
+
+    * keys ``K = S^T A`` (one batched GEMM over gates), scores ``e_t = x_t . K_sigma(t)``;
+    * values ``x_t^T B`` (one GEMM over all tokens);
+    * the logits contract scores and values over tokens and heads.
+
+    Parameters
+    ----------
+    X : array (n, s, d)
+        Tokens (padding rows zero).
+    sides : array (n, s, P) or None
+        0/1 side of each token for each gate hyperplane; ``None`` for the linear
+        activation (one block, every token on one side).
+    inv_len : array (n,)
+    chunk_rows : int or None
+    """
+
+    def __init__(self, X, sides, inv_len, chunk_rows=None):
+        super().__init__(X, inv_len, chunk_rows)
+        xp = self.xp
+        self.sides = sides
+        self.P = 1 if sides is None else int(sides.shape[2])
+        self.a_shape = (self.d, self.d)
+        XT = xp.matrix_transpose(X)  # (n, d, s)
+        if sides is None:
+            S = xp.sum(X, axis=1)[:, None, None, :]  # (n, 1, 1, d)
+        else:
+            side = xp.permute_dims(sides, (0, 2, 1))  # (n, P, s)
+            S = xp.stack([side @ X, (1.0 - side) @ X], axis=2)  # (n, P, 2, d)
+        # gate-major for the batched key GEMM: (P, n * n_sides, d)
+        self.n_sides = int(S.shape[2])
+        self.S = xp.reshape(
+            xp.permute_dims(S, (1, 0, 2, 3)), (self.P, self.n_samples * self.n_sides, self.d)
+        )
+        del XT
+
+    def _S(self, a, b):
+        k = self.n_sides
+        return self.S[:, a * k : b * k, :]
+
+    def _keys(self, a, b, A):
+        """Scores ``e[i, t, p, j] = x_t^T A_pj^T S_sigma(t)``: ``(m, s, P, r)``."""
+        xp = self.xp
+        P, r, d = A.shape[0], A.shape[1], self.d
+        m, k = b - a, self.n_sides
+        Am = xp.reshape(xp.permute_dims(A, (0, 2, 1, 3)), (P, d, r * d))  # rows a, cols (j,k)
+        K = xp.reshape(self._S(a, b) @ Am, (P, m, k, r, d))  # keys, one GEMM per gate
+        # per sample: (s, d) @ (d, P k r), the scores of every token against every key
+        Kt = xp.reshape(xp.permute_dims(K, (1, 4, 0, 2, 3)), (m, d, P * k * r))
+        E = xp.reshape(self.X[a:b] @ Kt, (m, self.s, P, k, r))
+        if self.sides is None:
+            return E[:, :, :, 0, :]
+        side = self.sides[a:b][:, :, :, None]  # (m, s, P, 1)
+        return side * E[:, :, :, 0, :] + (1.0 - side) * E[:, :, :, 1, :]
+
+    def _values(self, a, b, B):
+        """``x_t^T B_pj``: ``(m, s, P, r, c)``."""
+        xp = self.xp
+        P, r, d, c = B.shape
+        m = b - a
+        Bm = xp.reshape(xp.permute_dims(B, (2, 0, 1, 3)), (d, P * r * c))
+        V = xp.reshape(self.X[a:b], (m * self.s, d)) @ Bm
+        return xp.reshape(V, (m, self.s, P, r, c))
+
+    def _contract(self, a, b, E, V):
+        xp = self.xp
+        m, s, P, r = E.shape
+        c = V.shape[-1]
+        O = xp.reshape(E, (m, 1, s * P * r)) @ xp.reshape(V, (m, s * P * r, c))
+        return xp.reshape(O, (m, c))
+
+    def _grad_b_chunk(self, a, b, E, T):
+        """``sum_{i,t} x_t e[i,t,p,j] T_i``: ``(P, r, d, c)``."""
+        xp = self.xp
+        m, s, P, r = E.shape
+        c = T.shape[1]
+        M = E[:, :, :, :, None] * T[:, None, None, None, :]  # (m, s, P, r, c)
+        G = xp.matrix_transpose(xp.reshape(self.X[a:b], (m * s, self.d))) @ xp.reshape(
+            M, (m * s, P * r * c)
+        )
+        return xp.permute_dims(xp.reshape(G, (self.d, P, r, c)), (1, 2, 0, 3))
+
+    def _grad_a_chunk(self, a, b, V, T):
+        """``sum_i sum_sigma S_sigma h_sigma^T`` with ``h_sigma = sum_{t in sigma} g_t x_t``
+        and ``g_t = x_t^T B_pj T_i``: ``(P, r, d, d)``."""
+        xp = self.xp
+        m, s, P, r, c = V.shape
+        d, k = self.d, self.n_sides
+        g = xp.reshape(xp.reshape(V, (m, s * P * r, c)) @ T[:, :, None], (m, s, P, 1, r))
+        if self.sides is not None:
+            side = self.sides[a:b][:, :, :, None, None]  # (m, s, P, 1, 1)
+            g = xp.concat([g * side, g * (1.0 - side)], axis=3)  # (m, s, P, 2, r)
+        # per sample: (P k r, s) @ (s, d)
+        gt = xp.matrix_transpose(xp.reshape(g, (m, s, P * k * r)))
+        H = xp.reshape(gt @ self.X[a:b], (m, P, k, r, d))
+        Hp = xp.reshape(xp.permute_dims(H, (1, 0, 2, 3, 4)), (P, m * k, r * d))
+        G = xp.matrix_transpose(self._S(a, b)) @ Hp  # (P, d, r*d): rows a, cols (j, k)
+        return xp.permute_dims(xp.reshape(G, (P, d, r, d)), (0, 2, 1, 3))
+
+
+class MixerFactorOperator(_FactorOperator):
+    """MLP-Mixer on factors: ``A`` ``(P, r, s, s)`` token mixing, ``B`` ``(P, r, d, c)``.
+
+    ``o_i = (1/s_i) sum_{p, j} 1^T (M_p^(i) o (A_pj X_i)) B_pj``: the mixed tokens
+    ``A_pj X_i`` (one GEMM over all samples), masked and pooled over tokens, then one GEMM
+    with the stacked ``B``.
+
+    Parameters
+    ----------
+    X : array (n, s, d)
+        Tokens (padding rows zero).
+    masks : callable or None
+        ``masks(a, b)`` gives the gate masks ``(m, P, s, d)`` of samples ``a:b`` (zero on
+        padding positions); ``None`` for the linear activation (all ones, one block).
+    n_blocks : int
+    inv_len : array (n,)
+    chunk_rows : int or None
+    """
+
+    def __init__(self, X, masks, n_blocks, inv_len, chunk_rows=None):
+        super().__init__(X, inv_len, chunk_rows)
+        self.masks = masks
+        self.P = int(n_blocks)
+        self.a_shape = (self.s, self.s)
+        xp = self.xp
+        # tokens as columns: (s, n d), for the token-mixing GEMM over all samples
+        self.Xc = xp.reshape(xp.permute_dims(X, (1, 0, 2)), (self.s, self.n_samples * self.d))
+
+    def _mixed(self, a, b, A):
+        """``A_pj X_i``: ``(m, P, r, s, d)``."""
+        xp = self.xp
+        P, r, s, _ = A.shape
+        m, d = b - a, self.d
+        Y = xp.reshape(A, (P * r * s, s)) @ self.Xc[:, a * d : b * d]  # (P r s, m d)
+        return xp.permute_dims(xp.reshape(Y, (P, r, s, m, d)), (3, 0, 1, 2, 4))
+
+    def _keys(self, a, b, A):
+        """Pooled masked mixing ``sum_t M[t, f] (A X)[t, f]``: ``(m, P, r, d)``."""
+        xp = self.xp
+        Y = self._mixed(a, b, A)
+        if self.masks is None:
+            return xp.sum(Y, axis=3)
+        M = self.masks(a, b)  # (m, P, s, d)
+        return xp.sum(Y * M[:, :, None, :, :], axis=3)
+
+    def _values(self, a, b, B):
+        return B
+
+    def _contract(self, a, b, K, B):
+        xp = self.xp
+        m, P, r, d = K.shape
+        c = B.shape[-1]
+        return xp.reshape(K, (m, P * r * d)) @ xp.reshape(B, (P * r * d, c))
+
+    def _grad_b_chunk(self, a, b, K, T):
+        xp = self.xp
+        m, P, r, d = K.shape
+        c = T.shape[1]
+        G = xp.matrix_transpose(xp.reshape(K, (m, P * r * d))) @ T
+        return xp.reshape(G, (P, r, d, c))
+
+    def _grad_a_chunk(self, a, b, B, T):
+        """``sum_{i, f} M[t, f] (B_pj T_i)[f] X_i[t', f]``: ``(P, r, s, s)``."""
+        xp = self.xp
+        P, r, d, c = B.shape
+        m, s = b - a, self.s
+        beta = xp.reshape(T @ xp.matrix_transpose(xp.reshape(B, (P * r * d, c))), (m, P, r, d))
+        if self.masks is None:
+            N = xp.broadcast_to(beta[:, :, :, None, :], (m, P, r, s, d))
+        else:
+            N = self.masks(a, b)[:, :, None, :, :] * beta[:, :, :, None, :]  # (m, P, r, s, d)
+        Nm = xp.reshape(xp.permute_dims(N, (1, 2, 3, 0, 4)), (P * r * s, m * d))
+        Xt = xp.matrix_transpose(self.Xc[:, a * d : b * d])  # (m d, s)
+        return xp.reshape(Nm @ Xt, (P, r, s, s))
+
+
+def chunk_rows_for(n, per_sample_floats, itemsize, budget_bytes):
+    """Samples per chunk so that the scratch arrays of one product fit ``budget_bytes``."""
+    per = max(per_sample_floats * itemsize, 1)
+    return int(max(1, min(n, math.floor(budget_bytes / per))))
