@@ -41,6 +41,10 @@ from ._solver import prior_and_start
 
 __all__ = ["factored_solve", "FactoredResult", "block_spectra", "factor_nuclear_norms"]
 
+# blocks whose smaller side has at most this many entries get their spectrum exactly (the
+# whole block through that many products); larger ones by Lanczos
+EXACT_MAX = 64
+
 
 @dataclass
 class FactoredResult:
@@ -124,7 +128,7 @@ def balanced_heads(A, B):
 
 
 # ---------------------------------------------------------------- spectra
-def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=64):
+def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=None):
     """Largest singular value of every gradient block ``Grad_p = sum_i Phi_i^(p) (x) T_i``
     and its singular vectors, from the matrix-free products only.
 
@@ -138,9 +142,9 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=64):
         blocks at once). Exact (a full Krylov space) when ``n_steps >= min(R, L c)``.
     start : array (P, d, c) or None
         Starting right vectors (the previous leading ones); random otherwise.
-    exact_max : int
-        When ``L c`` (or ``R``) is at most this, the whole block is formed through that
-        many products and its spectrum computed exactly.
+    exact_max : int or None
+        When ``L c`` (or ``R``) is at most this (default :data:`EXACT_MAX`), the whole
+        block is formed through that many products and its spectrum computed exactly.
 
     Returns
     -------
@@ -158,6 +162,7 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=64):
     d, c = op.d, T.shape[1]
     R, Lc = math.prod(a_shape), d * c
     rng = np.random.default_rng(0) if rng is None else rng
+    exact_max = EXACT_MAX if exact_max is None else exact_max
     if Lc <= exact_max or R <= exact_max:
         if Lc <= R:
             eye = xp.reshape(xp.eye(Lc, dtype=dtype), (1, Lc, d, c))
@@ -171,7 +176,9 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=64):
         u = xp.asarray(np.ascontiguousarray(Uf[:, :, 0]).reshape((P,) + a_shape), dtype=dtype)
         v = xp.asarray(np.ascontiguousarray(Vh[:, 0, :]).reshape(P, d, c), dtype=dtype)
         return S[:, 0].copy(), u, v
-    k = int(min(n_steps, R, Lc))
+    # with R < L c the start vector has a part in the null space of Grad_p, which the first
+    # step removes: one more step makes the Krylov space full (exact) on small blocks
+    k = int(min(n_steps, min(R, Lc) + (1 if R < Lc else 0)))
     f64 = xp.float64
     if start is None:
         v = xp.asarray(rng.standard_normal((P, Lc)))
@@ -261,8 +268,8 @@ class _LBFGS:
     calls and across rank growth (stored pairs are padded with zero heads: they stay
     valid curvature pairs on the old coordinates)."""
 
-    def __init__(self, memory, xp):
-        self.memory, self.xp = memory, xp
+    def __init__(self, memory, xp, rounding):
+        self.memory, self.xp, self.rounding = memory, xp, rounding
         self.S, self.Y, self.rho = [], [], []
 
     def pad(self, r_new):
@@ -326,12 +333,20 @@ class _LBFGS:
                 if not slope < 0:
                     return x, F, g, O, True
             t = 1.0
+            gg = None
             for _ls in range(40):
                 xn = [xi + t * di for xi, di in zip(x, direc)]
                 Fn, gn, On = fun(xn)
                 Fnh = _host(Fn)[0]
                 if math.isfinite(Fnh) and Fnh <= Fh + 1e-4 * t * slope:
                     break
+                # below the objective's rounding the decrease cannot be seen: accept a
+                # step that keeps the value within rounding and shrinks the gradient
+                if math.isfinite(Fnh) and abs(Fnh - Fh) <= self.rounding * abs(Fh):
+                    if gg is None:
+                        gg = _host(_tdot(g, g, xp))[0]
+                    if _host(_tdot(gn, gn, xp))[0] < gg:
+                        break
                 t *= 0.5
             else:
                 return x, F, g, O, True  # no decrease at this precision
@@ -426,10 +441,11 @@ def factored_solve(
     history = {"iteration": [], "objective": [], "dual_gap": [], "time": [], "rank": [],
                "relative_gap": [], "null_relative_gap": []}
     stats = {"iterations": 0}
-    lbfgs = _LBFGS(memory, xp)
+    # relative rounding of the objective (float64 accumulation of dtype products)
+    lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps))
     best_dual = -math.inf
     v_start = None
-    converged = False
+    converged = stalled = False
     primal = gap = math.inf
     if A.shape[1] > 0:
         O = fun([A, B, b])[2]
@@ -471,6 +487,8 @@ def factored_solve(
             break
         # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
         grow = sig > alpha * (1.0 + 1e-6)
+        if stalled and not np.any(grow):
+            break  # no descent left at this precision: the certificate is what it is
         if np.any(grow):
             mask = xp.asarray(grow.astype(np.float64), dtype=dtype)
             Anew = -xp.reshape(u_top * xp.reshape(mask, (P,) + (1,) * len(a_shape)),
@@ -488,7 +506,7 @@ def factored_solve(
         budget = min(check_every, max_iter - stats["iterations"])
         if budget <= 0:
             continue
-        (A, B, b), F, g, O, _stalled = lbfgs.run(
+        (A, B, b), F, g, O, stalled = lbfgs.run(
             fun, [A, B, b], F, g, O, max_iter=budget, deadline=deadline, stats=stats
         )
         keep = _nonzero_heads(A, B, xp)

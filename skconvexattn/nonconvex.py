@@ -48,6 +48,7 @@ __all__ = [
     "FNONetwork",
     "TokenMLPNetwork",
     "recover_heads",
+    "heads_from_factors",
 ]
 
 _ZERO_RTOL = 1e-12  # singular values below this fraction of the largest are dropped
@@ -70,6 +71,23 @@ def recover_heads(coef, row_shape, col_shape):
     r = np.sqrt(sig)
     W1 = (U[blk, :, j] * r[:, None]).reshape((blk.size,) + tuple(row_shape))
     W2 = (Vh[blk, j, :] * r[:, None]).reshape((blk.size,) + tuple(col_shape))
+    return W1, W2, sig, blk
+
+
+def heads_from_factors(A, B, sigma, row_shape, col_shape):
+    """Heads of a factored fit (``factors_``: balanced heads from the compact SVD of every
+    block, see :func:`~skconvexattn._factored.balanced_heads`), in the order and with the
+    dropping rule of :func:`recover_heads`, without forming any block."""
+    S = np.asarray(sigma, dtype=np.float64)
+    smax = S.max() if S.size else 0.0
+    blk, j = np.nonzero(S > _ZERO_RTOL * smax) if smax > 0 else (np.zeros(0, int),) * 2
+    sig = S[blk, j]
+    order = np.argsort(-sig, kind="stable")
+    blk, j, sig = blk[order], j[order], sig[order]
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    W1 = A[blk, j].reshape((blk.size,) + tuple(row_shape))
+    W2 = B[blk, j].reshape((blk.size,) + tuple(col_shape))
     return W1, W2, sig, blk
 
 
@@ -143,7 +161,14 @@ class RecoveredNetwork:
         """One head per rank-one term of each block, the block ``p`` being gate ``p``."""
         s, d = est.token_shape_
         c = est.classes_.shape[0]
-        W1, W2, sig, blk = recover_heads(est.coef_, *cls._factor_shapes(s, d, c))
+        shapes = cls._factor_shapes(s, d, c)
+        if "factors_" in est.__dict__:  # a factored fit: its heads directly
+            f = est.factors_
+            W1, W2, sig, blk = heads_from_factors(
+                f["A"], f["B"], est.factor_singular_values_, *shapes
+            )
+        else:
+            W1, W2, sig, blk = recover_heads(est.coef_, *shapes)
         gate = blk if est.gates_ else np.full(blk.shape, -1)
         return cls(est, W1, W2, sig, blk, gate)
 

@@ -1,0 +1,307 @@
+"""The factored solver (``solver="factored"``): products, spectra, optimum, certificate.
+
+* the matrix-free products on factors equal the lifted operator's (forward, ``Grad_p v``,
+  ``Grad_p^T u``), with gates, padding and chunks;
+* the block spectra (exact and Lanczos) equal the SVD of the explicit gradient blocks;
+* the factored optimum equals cvxpy's on the tiny problems of ``test_optimality`` and
+  FISTA's on the Mixer, and its ``dual_gap_`` is never below the true suboptimality, also
+  when stopped early and when the spectra come from Lanczos;
+* the recovered network reads the factors and reproduces logits and objective, also when
+  the blocks are never formed (a width whose lifted problem is refused);
+* float32 stays float32 with no RuntimeWarning; ``solver="auto"`` picks by memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from skconvexattn import ConvexMixerClassifier, ConvexSelfAttentionClassifier
+from skconvexattn import _base, _factored
+from skconvexattn._factored import block_spectra
+from skconvexattn._factored_ops import AttentionFactorOperator, MixerFactorOperator
+from skconvexattn._operator import LiftedOperator
+from skconvexattn._padding import split_padding
+from skconvexattn.datasets import make_token_clusters
+from skconvexattn.heads.attention import self_attention_features, token_sides
+from skconvexattn.heads.mixer import mixer_features, mixer_masks
+
+HEADS = (ConvexSelfAttentionClassifier, ConvexMixerClassifier)
+
+
+def _blocks(A, B):
+    """``Z_p = sum_j vec(A_pj) vec(B_pj)^T``: ``(P, R, L c)``."""
+    P, r = A.shape[:2]
+    return np.einsum("pjr,pjc->prc", A.reshape(P, r, -1), B.reshape(P, r, -1))
+
+
+def _operators(kind, gated, X, P=2, seed=0, chunk=None):
+    """A factor operator and the lifted operator of the same head and gates."""
+    rng = np.random.default_rng(seed)
+    n, s, d = X.shape
+    X0, real, counts = split_padding(X)
+    if kind == "attention":
+        H, c = (rng.standard_normal((P, d)), rng.standard_normal(P)) if gated else (None, None)
+        sides = token_sides(X0, H, c) * real[:, :, None] if gated else None
+        op = AttentionFactorOperator(X0, sides, 1.0 / counts, chunk)
+        fmap = (lambda Z: self_attention_features(Z, H, c)) if gated else self_attention_features
+        lifted = LiftedOperator(fmap, X, (P if gated else 1, d * d, d))
+        return op, lifted, (d, d)
+    Hm = rng.standard_normal((P, s, s)) if gated else None
+    mu, sg = rng.standard_normal(d), rng.random(d) + 0.5
+    if gated:
+        masks = lambda a, b: mixer_masks(X[a:b], Hm, mu, sg)  # noqa: E731
+        fmap = lambda Z: mixer_features(Z, Hm, mu=mu, sigma=sg)  # noqa: E731
+    else:
+        masks = lambda a, b: real[a:b, None, :, None]  # noqa: E731
+        fmap = mixer_features
+    op = MixerFactorOperator(X0, masks, P if gated else 1, 1.0 / counts, chunk)
+    lifted = LiftedOperator(fmap, X, (P if gated else 1, s * s, d))
+    return op, lifted, (s, s)
+
+
+@pytest.mark.parametrize("kind", ["attention", "mixer"])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_products_equal_lifted(kind, gated, chunk, padded):
+    rng = np.random.default_rng(1)
+    n, s, d, c, r = 7, 5, 3, 2, 3
+    X = rng.standard_normal((n, s, d))
+    if padded:  # trailing padding for the Mixer (its documented case), any rows otherwise
+        X[0, 3:] = np.nan
+        X[4, 1 if kind == "attention" else 4] = np.nan
+    op, lifted, a_shape = _operators(kind, gated, X, chunk=chunk)
+    P = lifted.block_shape[0]
+    A = rng.standard_normal((P, r) + a_shape)
+    B = rng.standard_normal((P, r, d, c))
+    T = rng.standard_normal((n, c))
+    Z = _blocks(A, B)
+    np.testing.assert_allclose(op.forward(A, B), lifted.forward(Z), rtol=1e-12, atol=1e-12)
+    G = lifted.adjoint(T)  # (P, R, L c)
+    ga = np.einsum("prc,pjc->pjr", G, B.reshape(P, r, -1)).reshape(A.shape)
+    gb = np.einsum("prc,pjr->pjc", G, A.reshape(P, r, -1)).reshape(B.shape)
+    np.testing.assert_allclose(op.grad_a(T, B), ga, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(op.grad_b(T, A), gb, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["attention", "mixer"])
+@pytest.mark.parametrize("exact_max", [0, 10**6])
+def test_block_spectra_equal_svd(kind, exact_max):
+    """Lanczos (exact_max=0; full Krylov space here) and the exact route both give the
+    top singular triple of every explicit gradient block."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 4, 3))
+    op, lifted, a_shape = _operators(kind, True, X, P=3)
+    T = rng.standard_normal((30, 2))
+    G = lifted.adjoint(T)
+    ref = np.linalg.svd(G, compute_uv=False)[:, 0]
+    sig, u, v = block_spectra(op, T, n_steps=60, exact_max=exact_max)
+    np.testing.assert_allclose(sig, ref, rtol=1e-10)
+    uGv = np.einsum("pr,prc,pc->p", u.reshape(3, -1), G, v.reshape(3, -1))
+    np.testing.assert_allclose(uGv, ref, rtol=1e-8)
+
+
+def test_lanczos_few_steps_is_a_lower_bound():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 5, 6))
+    op, lifted, _ = _operators("attention", True, X, P=2)
+    T = rng.standard_normal((40, 3))
+    ref = np.linalg.svd(lifted.adjoint(T), compute_uv=False)[:, 0]
+    sig = block_spectra(op, T, n_steps=4, exact_max=0)[0]
+    assert np.all(sig <= ref * (1 + 1e-12))
+    assert np.all(sig >= 0.5 * ref)
+
+
+# ----------------------------------------------------------------- optimum vs cvxpy
+try:  # the independent cvxpy formulation (skips without cvxpy)
+    import test_optimality as opt
+except (ImportError, pytest.skip.Exception):  # pragma: no cover - cvxpy missing
+    opt = None
+needs_cvxpy = pytest.mark.skipif(opt is None, reason="needs cvxpy")
+CASES = opt.CASES if opt else []
+CASE_IDS = opt.CASE_IDS if opt else []
+
+
+@pytest.fixture(params=[None, 0], ids=["exact-spectra", "lanczos"])
+def spectra(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setattr(_factored, "EXACT_MAX", request.param)
+    return request.param
+
+
+@needs_cvxpy
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_factored_matches_cvxpy(case, spectra):
+    S = opt.solved(case)
+    est = ConvexSelfAttentionClassifier(
+        alpha=S.alpha, random_state=0, solver="factored", tol=1e-9, max_iter=20000, **S.params
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.fit(S.X, S.y)
+    assert est.solver_ == "factored"
+    assert est.alpha_max_ == pytest.approx(S.alpha_max, rel=1e-9)
+    assert est.objective_ == pytest.approx(S.p_cvx, rel=1e-6)
+    # objective_ is the primal objective of the returned heads
+    ours = opt.explicit_objective(S.Phi, est.coef_, est.intercept_, S.Y, S.w, S.alpha, S.loss)
+    assert est.objective_ == pytest.approx(ours, rel=1e-9)
+    assert est.dual_gap_ >= est.objective_ - S.p_star - 1e-9
+    assert est.dual_gap_ <= 1e-9 * est.objective_ + 1e-15
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 10])
+@needs_cvxpy
+@pytest.mark.parametrize("case", CASES[::2], ids=CASE_IDS[::2])
+def test_factored_certificate_under_converged(case, max_iter, spectra):
+    """Stopped early, every recorded gap bounds the true suboptimality."""
+    S = opt.solved(case)
+    est = ConvexSelfAttentionClassifier(
+        alpha=S.alpha, random_state=0, solver="factored", tol=1e-12, max_iter=max_iter,
+        **S.params,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(S.X, S.y)
+    subopt = est.objective_ - S.p_star
+    assert subopt >= -1e-9
+    assert est.dual_gap_ >= subopt - 1e-9
+    for obj, gap in zip(est.convergence_["objective"], est.convergence_["dual_gap"]):
+        assert gap >= obj - S.p_star - 1e-9
+    if max_iter == 1:
+        assert subopt > 1e-6  # the test has teeth
+
+
+# ----------------------------------------------------------------- estimators
+def _data(n=60, seed=0, dtype=np.float64):
+    X, y = make_token_clusters(n_samples=n, random_state=seed, return_X_y=True)
+    return X.astype(dtype), y
+
+
+@pytest.mark.parametrize("cls", HEADS)
+@pytest.mark.parametrize("activation", ["gated_relu", "linear"])
+def test_factored_equals_fista(cls, activation):
+    X, y = _data()
+    kw = dict(alpha=0.05, n_gates=3, activation=activation, random_state=0, tol=1e-8,
+              max_iter=20000, device="cpu")
+    a = cls(solver="fista", **kw).fit(X, y)
+    b = cls(solver="factored", **kw).fit(X, y)
+    assert (a.solver_, b.solver_) == ("fista", "factored")
+    assert b.alpha_max_ == pytest.approx(a.alpha_max_, rel=1e-9)
+    assert abs(a.objective_ - b.objective_) <= a.dual_gap_ + b.dual_gap_ + 1e-12
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), atol=1e-4)
+    np.testing.assert_allclose(b.block_norms(), a.block_norms(), rtol=1e-3, atol=1e-6)
+    for est in (a, b):
+        net = est.to_nonconvex()
+        np.testing.assert_allclose(net.decision_function(X), est.decision_function(X),
+                                   rtol=1e-9, atol=1e-10)
+        assert net.objective(X, y) == pytest.approx(est.objective_, rel=1e-9)
+
+
+@pytest.mark.parametrize("cls", HEADS)
+def test_factored_without_blocks(cls, monkeypatch):
+    """Past the materialisation limit ``coef_`` is not formed: prediction, the recovered
+    network, block norms and transform read the factors."""
+    X, y = _data()
+    kw = dict(alpha=0.05, n_gates=2, random_state=0, tol=1e-6, solver="factored")
+    ref = cls(**kw).fit(X, y)
+    monkeypatch.setattr(_base, "_MATERIALISE_MAX", 0)
+    est = cls(**kw).fit(X, y)
+    assert not hasattr(est, "coef_")
+    np.testing.assert_allclose(est.decision_function(X), ref.decision_function(X), rtol=1e-12)
+    np.testing.assert_allclose(est.block_norms(), ref.block_norms(), rtol=1e-12)
+    net = est.to_nonconvex()
+    np.testing.assert_allclose(net.decision_function(X), est.decision_function(X),
+                               rtol=1e-9, atol=1e-10)
+    assert net.objective(X, y) == pytest.approx(est.objective_, rel=1e-9)
+    if cls is ConvexSelfAttentionClassifier:  # gate sides: no block needed
+        np.testing.assert_array_equal(est.transform(X), ref.transform(X))
+
+
+def test_auto_takes_factored_where_lifted_is_refused():
+    """A width whose lifted problem exceeds the memory budget: FISTA refuses it, the
+    default solver fits it on factors (and certifies)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 6, 40))
+    y = (X[:, :, 0].mean(axis=1) > 0).astype(int)
+    kw = dict(alpha=0.5, n_gates=2, random_state=0, memory_budget=0.01, tol=1e-4)
+    with pytest.raises(ValueError, match="memory_budget"):
+        ConvexSelfAttentionClassifier(solver="fista", **kw).fit(X, y)
+    est = ConvexSelfAttentionClassifier(**kw).fit(X, y)
+    assert est.solver_ == "factored"
+    assert est.dual_gap_ <= 1e-4 * est.objective_
+    assert est.score(X, y) > 0.8
+
+
+def test_auto_keeps_fista_on_small_problems():
+    X, y = _data()
+    est = ConvexMixerClassifier(alpha=0.05, n_gates=2, random_state=0).fit(X, y)
+    assert est.solver_ == "fista"
+    assert "factors_" not in est.__dict__
+
+
+@pytest.mark.parametrize("cls", HEADS)
+def test_factored_float32(cls):
+    X, y = _data(dtype=np.float32)
+    est = cls(alpha=0.05, n_gates=2, random_state=0, solver="factored", tol=1e-4,
+              tol_scale="null")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.fit(X, y)
+        P = est.predict_proba(X)
+    assert est.factors_["A"].dtype == np.float32
+    assert np.all(np.isfinite(P))
+    assert est.dual_gap_ <= 1e-4 * est.null_objective_
+
+
+@pytest.mark.parametrize("cls", HEADS)
+def test_tol_scale_null(cls):
+    """``tol_scale="null"`` compares the gap with the intercept-only loss; the history
+    reports the gap relative to both scales."""
+    X, y = _data()
+    for solver in ("fista", "factored"):
+        est = cls(alpha=0.02, n_gates=2, random_state=0, solver=solver, tol=1e-3,
+                  tol_scale="null").fit(X, y)
+        null = est.null_objective_
+        assert null == pytest.approx(np.log(2), rel=1e-6)  # balanced binary classes
+        assert est.dual_gap_ <= 1e-3 * null
+        h = est.convergence_
+        np.testing.assert_allclose(h["null_relative_gap"], np.array(h["dual_gap"]) / null)
+        np.testing.assert_allclose(
+            h["relative_gap"], np.array(h["dual_gap"]) / np.abs(h["objective"])
+        )
+
+
+def test_factored_padding_invariance():
+    """Sequences with s' real tokens padded to s at any positions: same optimum as the
+    unpadded array (within the two certificates)."""
+    X, y = _data(n=40)
+    n, s, d = X.shape
+    rng = np.random.default_rng(0)
+    Xp = np.full((n, s + 3, d), np.nan)
+    for i in range(n):
+        pos = np.sort(rng.choice(s + 3, size=s, replace=False))
+        Xp[i, pos] = X[i]
+    kw = dict(alpha=0.05, n_gates=2, random_state=0, solver="factored", tol=1e-7,
+              max_iter=5000)
+    a = ConvexSelfAttentionClassifier(**kw).fit(X, y)
+    b = ConvexSelfAttentionClassifier(**kw).fit(Xp, y)
+    assert abs(a.objective_ - b.objective_) <= a.dual_gap_ + b.dual_gap_ + 1e-12
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(Xp), atol=1e-5)
+
+
+def test_factored_warm_start():
+    X, y = _data()
+    est = ConvexSelfAttentionClassifier(alpha=0.05, n_gates=2, random_state=0,
+                                        solver="factored", tol=1e-7, warm_start=True)
+    est.fit(X, y)
+    cold_iter, obj = est.n_iter_, est.objective_
+    est.set_params(alpha=0.04).fit(X, y)
+    cold = ConvexSelfAttentionClassifier(alpha=0.04, n_gates=2, random_state=0,
+                                         solver="factored", tol=1e-7).fit(X, y)
+    assert abs(est.objective_ - cold.objective_) <= est.dual_gap_ + cold.dual_gap_ + 1e-12
+    assert est.n_iter_ < cold.n_iter_
+    assert cold_iter > 0 and obj > est.objective_
