@@ -88,19 +88,22 @@ def run_case(cls, Xtr, ytr, Xte, yte, *, solver, alpha, device, max_time, max_it
     setup = fit_s - h["time"][-1]
     t3 = _first_time(h, "relative_gap", 1e-3)
     t4 = _first_time(h, "null_relative_gap", 1e-4)
-    return dict(
-        solver=est.solver_, fit_s=fit_s, n_iter=int(est.n_iter_),
-        objective=float(est.objective_), dual_gap=float(est.dual_gap_),
-        null_objective=float(est.null_objective_),
-        relative_gap=float(est.dual_gap_ / abs(est.objective_)),
-        null_relative_gap=float(est.dual_gap_ / est.null_objective_),
-        time_to_rel_1e-3=None if t3 is None else t3 + setup,
-        time_to_certified=None if t4 is None else t4 + setup,
-        heads_per_block=int(est.factors_["A"].shape[1]) if "factors_" in est.__dict__ else None,
-        alpha=alpha, alpha_max=float(est.alpha_max_),
-        test_accuracy=float(est.score(Xte, yte)), train_accuracy=float(est.score(Xtr, ytr)),
-        warnings=sorted({type(w.message).__name__ for w in caught}),
-    )
+    return {
+        "solver": est.solver_, "fit_s": fit_s, "n_iter": int(est.n_iter_),
+        "objective": float(est.objective_), "dual_gap": float(est.dual_gap_),
+        "null_objective": float(est.null_objective_),
+        "relative_gap": float(est.dual_gap_ / abs(est.objective_)),
+        "null_relative_gap": float(est.dual_gap_ / est.null_objective_),
+        "time_to_rel_1e-3": None if t3 is None else t3 + setup,
+        "time_to_certified": None if t4 is None else t4 + setup,
+        "heads_per_block": (
+            int(est.factors_["A"].shape[1]) if "factors_" in est.__dict__ else None
+        ),
+        "alpha": alpha, "alpha_max": float(est.alpha_max_),
+        "test_accuracy": float(est.score(Xte, yte)),
+        "train_accuracy": float(est.score(Xtr, ytr)),
+        "warnings": sorted({type(w.message).__name__ for w in caught}),
+    }
 
 
 def main(argv=None):
