@@ -23,9 +23,9 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
@@ -40,7 +40,66 @@ from ._penalty import BlockNuclearNorm
 from ._solver import alpha_max, fista
 from ._validation import check_tokens
 
-__all__ = ["BaseConvexHead"]
+__all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
+
+#: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
+#: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
+#: benchmarks/tune_alpha_ratio.py)
+DEFAULT_ALPHA_RATIO = 1e-2
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (messages print ``0``, not
+    ``np.int64(0)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _checked_class_weight(class_weight, y, sw, classes):
+    """``sample_weight`` times the weights of ``class_weight``, whose values must be
+    finite and non-negative (the message names ``class_weight``)."""
+    if class_weight is None:
+        return sw
+    if isinstance(class_weight, dict):
+        bad = {
+            _plain(k): _plain(v)
+            for k, v in class_weight.items()
+            if not (np.isscalar(v) and np.isreal(v) and np.isfinite(v) and v >= 0)
+        }
+        if bad:
+            raise ValueError(
+                f"class_weight must map classes to finite non-negative weights; got {bad}. "
+                "Give every class a weight >= 0 (0 drops the class's samples)."
+            )
+    return sw * compute_sample_weight(class_weight, y)
+
+
+def _normalised_weights(sw):
+    """``sw / sw.sum()`` in float64 without overflow (weights up to the float64 maximum)."""
+    sw = np.asarray(sw, dtype=np.float64)
+    top = sw.max()
+    if not np.isfinite(top):
+        raise ValueError("sample_weight must be finite; got an infinite weight.")
+    scaled = sw / top if top > 0 else sw
+    return scaled / scaled.sum()
+
+
+#: parameters that change how a fit is solved, not its gates
+_SOLVER_ONLY_PARAMS = frozenset(
+    {"alpha", "alpha_ratio", "max_iter", "max_time", "tol", "verbose", "warm_start",
+     "device", "memory_budget"}
+)
+
+
+def _same_gate_key(old, new):
+    """Whether a warm start sees the data its gates were drawn from (same shape and token
+    moments): then a cold fit would draw the same gates."""
+    if old is None:
+        return False
+    return (
+        old[0] == new[0]
+        and np.array_equal(old[1], new[1])
+        and np.array_equal(old[2], new[2])
+    )
 
 
 def _has_log_loss(est):
@@ -56,7 +115,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     """Base class of the convex attention-head classifiers (not for direct use)."""
 
     _parameter_constraints: dict = {
-        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, None, closed="neither"), None],
+        "alpha_ratio": [Interval(Real, 0, 1, closed="right")],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "activation": [StrOptions({"linear", "gated_relu"})],
         "n_gates": [Interval(Integral, 1, None, closed="left")],
         "loss": [StrOptions({"log_loss", "squared_error"})],
@@ -113,36 +174,24 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self._draw_gates(rng, mu, sigma, X.shape[1], X.shape[2])
 
     # ------------------------------------------------------------------ fit
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
-        """Fit the head by solving its convex program to a certified duality gap.
+    def _setup(self, X, y, sample_weight, *, reset):
+        """Everything a fit needs before the solver: validation, weights, gates, the
+        lifted operator and the gradient at zero (hence ``alpha_max``).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_tokens, n_features) or \
-                (n_samples, n_tokens * n_features)
-            Token features; a 2-D ``X`` is cut into ``n_tokens`` tokens per row.
-        y : array-like of shape (n_samples,)
-            Class labels.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights; the loss is their weighted mean.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
+        Nothing is stored on ``self`` except what validation sets at ``reset``
+        (``n_features_in_``, ``token_shape_``); the gates a cold fit would draw are in
+        ``setup.gates``. :meth:`fit` and :meth:`compute_alpha_max` share it.
         """
-        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
+        X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
         check_classification_targets(y)
         classes, y_enc = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"y has only one class ({classes[0]!r}); a classifier needs samples of at "
-                "least 2 classes."
+                f"y has only one class ({_plain(classes[0])!r}); a classifier needs samples "
+                "of at least 2 classes."
             )
         sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
-        if self.class_weight is not None:
-            sw = sw * compute_sample_weight(self.class_weight, y)
+        sw = _checked_class_weight(self.class_weight, y, sw, classes)
         class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
         if np.count_nonzero(class_totals > 0) < 2:
             raise ValueError(
@@ -150,9 +199,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 "classifier needs at least 2 classes with positive weight."
             )
         if np.any(class_totals <= 0):
-            empty = classes[class_totals <= 0]
+            empty = [_plain(v) for v in classes[class_totals <= 0]]
             raise ValueError(
-                f"class(es) {list(empty)} have zero total sample_weight; drop those samples "
+                f"class(es) {empty} have zero total sample_weight; drop those samples "
                 "or give them positive weight."
             )
         n, s, d = X3.shape
@@ -171,19 +220,24 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             type(self).__name__,
             self._reduce_hint,
         )
-
-        warm = (
-            self.warm_start
-            and hasattr(self, "coef_")
-            and self.coef_.shape == (P, R, L * c)
-            and np.array_equal(getattr(self, "classes_", None), classes)
+        # normalised weights: the sum of large weights may overflow, their ratios do not
+        w = _normalised_weights(sw)
+        rng = check_random_state(self.random_state)
+        mu, sigma = token_moments(X3, w)
+        gate_key = (
+            repr(sorted((k, v) for k, v in self.get_params(deep=False).items()
+                        if k not in _SOLVER_ONLY_PARAMS)) + repr(X3.shape),
+            np.asarray(mu, dtype=np.float64),
+            np.asarray(sigma, dtype=np.float64),
         )
-        w = sw / sw.sum()
-        if not warm:
-            rng = check_random_state(self.random_state)
-            mu, sigma = token_moments(X3, w)
-            self.gates_ = self._init_gates(rng, X3, w, mu, sigma)
-        self.classes_ = classes
+        if (
+            self.warm_start
+            and hasattr(self, "gates_")
+            and _same_gate_key(getattr(self, "_gate_key", None), gate_key)
+        ):
+            gates = self.gates_  # same data moments: the gates a cold fit would draw
+        else:
+            gates = self._init_gates(rng, X3, w, mu, sigma)
 
         xp = backend.xp
         Xd = backend.asarray(X3)
@@ -191,20 +245,106 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Y[np.arange(n), y_enc] = 1.0
         Yd = backend.asarray(Y)
         wd = backend.asarray(w.astype(dtype))
-        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = self._operator(gates, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None)
+        gates_d = {k: backend.asarray(v.astype(dtype)) for k, v in gates.items()}
+        op = self._operator(gates_d, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None)
         datafit = get_datafit(self.loss)
-
         amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
-        amax = float(to_numpy(amax))
+        return Bunch(
+            X3=X3, classes=classes, dtype=dtype, block_shape=(P, R, L), plan=plan,
+            backend=backend, gates=gates, gate_key=gate_key, op=op, datafit=datafit,
+            Y=Yd, w=wd, alpha_max=float(to_numpy(amax)), grad_at_zero=grad_at_zero,
+        )
+
+    def compute_alpha_max(self, X, y, sample_weight=None):
+        """``alpha_max`` of ``(X, y)``: the smallest ``alpha`` giving the all-zero model.
+
+        Computed exactly, without solving, from the gradient at zero of the program a
+        cold :meth:`fit` on the same data would solve (same gates, weights and
+        ``class_weight``); it costs the lifted features and one adjoint product. It is
+        the ``alpha_max_`` that fit would set, the scale ``alpha_ratio`` is relative to
+        (``alpha_ = alpha_ratio * alpha_max``), and where the ``*CV`` grids start.
+        The estimator is not modified.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or \
+                (n_samples, n_tokens * n_features)
+            Token features.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights.
+
+        Returns
+        -------
+        alpha_max : float
+            Non-negative; 0 when the all-zero model is optimal for every ``alpha``
+            (e.g. constant tokens).
+        """
+        self._validate_params()
+        probe = clone(self).set_params(warm_start=False)
+        return probe._setup(X, y, sample_weight, reset=True).alpha_max
+
+    def _resolve_alpha(self, amax):
+        """The absolute ``alpha`` of a fit: ``alpha`` when given, else
+        ``alpha_ratio * alpha_max``."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return float(self.alpha_ratio) * amax
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the head by solving its convex program to a certified duality gap.
+
+        With ``max_time`` the fit stops, like at ``max_iter``, with the iterate reached and
+        its certificate (``dual_gap_``) and a :class:`~sklearn.exceptions.ConvergenceWarning`.
+        An interrupted fit (Ctrl-C, :class:`KeyboardInterrupt`) also keeps the iterate
+        reached and its certificate in the fitted attributes (``interrupted_`` is True),
+        then re-raises the interrupt.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or \
+                (n_samples, n_tokens * n_features)
+            Token features; a 2-D ``X`` is cut into ``n_tokens`` tokens per row.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; the loss is their weighted mean.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        st = self._setup(X, y, sample_weight, reset=True)
+        P, R, L = st.block_shape
+        c = st.classes.shape[0]
+        dtype, backend, op, datafit = st.dtype, st.backend, st.op, st.datafit
+        Yd, wd = st.Y, st.w
+        warm = (
+            self.warm_start
+            and hasattr(self, "coef_")
+            and self.coef_.shape == (P, R, L * c)
+            and np.array_equal(getattr(self, "classes_", None), st.classes)
+        )
+        self.gates_ = st.gates
+        self._gate_key = st.gate_key
+        self.classes_ = st.classes
+        amax = st.alpha_max
         self.alpha_max_ = amax
-        if self.alpha >= amax:
+        self.alpha_ = alpha = self._resolve_alpha(amax)
+        if self.alpha is not None and alpha >= amax:
             warnings.warn(
-                f"alpha={self.alpha:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
-                "model (intercept only). Use a smaller alpha, e.g. a fraction of alpha_max_.",
+                f"alpha={alpha:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
+                "model (intercept only). Use a smaller alpha, e.g. alpha=None and "
+                "alpha_ratio, a fraction of alpha_max_.",
                 UserWarning,
                 stacklevel=2,
             )
+        # alpha_max_ == 0: the all-zero model is optimal for every alpha; any positive
+        # value certifies it at iteration 0 (alpha_ stays 0, the value asked for)
+        alpha_solve = alpha if alpha > 0 else 1.0
         coef_init = intercept_init = step_init = None
         # a path predictor (see model_selection.regularization_path): used only when its
         # objective beats the previous solution's
@@ -222,7 +362,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                     break
                 value = float(to_numpy(
                     datafit.value(op.forward(c_init) + b_init[None, :], Yd, wd)
-                    + self.alpha * BlockNuclearNorm().value(c_init)
+                    + alpha_solve * BlockNuclearNorm().value(c_init)
                 ))
                 if value < best:  # a NaN value is never chosen
                     best, coef_init, intercept_init = value, c_init, b_init
@@ -232,23 +372,31 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             datafit,
             Yd,
             wd,
-            float(self.alpha),
+            float(alpha_solve),
             fit_intercept=self.fit_intercept,
             max_iter=self.max_iter,
             tol=self.tol,
             coef_init=coef_init,
             intercept_init=intercept_init,
             step_init=step_init,
-            grad_at_zero=grad_at_zero,
+            grad_at_zero=st.grad_at_zero,
             verbose=self.verbose,
             warn=False,
+            max_time=self.max_time,
+            interruptible=True,
         )
-        if not res.converged:
+        if not res.converged and not res.interrupted:
+            limit = (
+                f"max_time={self.max_time:g} s ({res.n_iter} iterations)"
+                if res.timed_out
+                else f"max_iter={self.max_iter} iterations"
+            )
             warnings.warn(
-                f"{type(self).__name__} did not reach tol={self.tol:g} in "
-                f"max_iter={self.max_iter} iterations (relative duality gap "
-                f"{res.dual_gap / max(abs(res.objective), 1e-300):.2e}). Increase max_iter, "
-                "loosen tol, or increase alpha.",
+                f"{type(self).__name__} did not reach tol={self.tol:g} in {limit} "
+                f"(relative duality gap "
+                f"{res.dual_gap / max(abs(res.objective), 1e-300):.2e}). Increase max_iter"
+                f"{' or max_time' if self.max_time is not None else ''}, loosen tol, or "
+                "increase alpha.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -259,10 +407,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.dual_gap_ = res.dual_gap
         self.objective_ = res.objective
         self.convergence_ = res.history
+        self.interrupted_ = bool(res.interrupted)
         self.device_ = backend.name
         self.memory_plan_ = getattr(op, "plan_name", None) or (
-            "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
+            "materialised" if st.plan.materialised else f"chunks of {st.plan.chunk_rows}"
         )
+        if res.interrupted:
+            # the iterate reached and its certificate are kept; the interrupt goes on
+            raise KeyboardInterrupt
         return self
 
     # ------------------------------------------------------------------ predict
@@ -336,10 +488,12 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
-        O = self._logits(check_tokens(self, X, reset=False)).astype(np.float64)
+        O = self._logits(check_tokens(self, X, reset=False))
+        dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
+        O = O.astype(np.float64)
         O = O - O.max(axis=1, keepdims=True)
         E = np.exp(O)
-        return E / E.sum(axis=1, keepdims=True)
+        return (E / E.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
 
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
