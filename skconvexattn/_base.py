@@ -155,7 +155,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Heads with a cheaper matrix-free form for some shapes override this.
         """
         return LiftedOperator(
-            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center
+            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center,
+            build_rows=getattr(plan, "build_rows", None),
         )
 
     def _work_per_sample(self, s, d):
