@@ -285,6 +285,7 @@ def fista(
         converged = True
 
     timed_out = interrupted = False
+    completed = it
     try:
         while not converged and it < max_iter:
             if max_time is not None and time.perf_counter() - t_start >= max_time:
@@ -340,6 +341,7 @@ def fista(
             else:
                 y, by, Oy = x_new, b_new, O_new
             x, b, Ox = x_new, b_new, O_new
+            completed = it  # the iterate x is that of iteration `completed`
 
             if it % check_every == 0 or it == max_iter:
                 primal, dual = check(it)
@@ -351,6 +353,7 @@ def fista(
         if not interruptible:
             raise
         interrupted = True
+        it = completed  # an iteration cut short leaves the previous iterate
     if (timed_out or interrupted) and history["iteration"][-1] != it:
         # the certificate of the iterate returned
         pen = pen_op.value(x)
