@@ -48,6 +48,14 @@ __all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
 DEFAULT_ALPHA_RATIO = 1e-2
 
 
+def _ldexp(x, e):
+    """``x * 2**e`` as a float, saturating to 0 or infinity instead of raising."""
+    try:
+        return math.ldexp(float(x), int(e))
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def _plain(value):
     """A NumPy scalar as the Python value it holds (messages print ``0``, not
     ``np.int64(0)``)."""
@@ -134,6 +142,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     }
 
     _head_name = "convex head"
+    #: the lifted features are homogeneous of this degree in ``X`` (self-attention: 3);
+    #: the program on ``X * 2**e`` with ``alpha * 2**(e * degree)`` is the same program
+    _degree = 1
     _reduce_hint = "n_features (e.g. with TokenPCA) or n_gates"
 
     # ------------------------------------------------------------------ hooks
@@ -184,6 +195,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         ``setup.gates``. :meth:`fit` and :meth:`compute_alpha_max` share it.
         """
         X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
+        # extreme scales (float32 X * 1e13 for self-attention): solve the same program on
+        # X * 2**scale_exp, exactly (powers of two), with alpha scaled to match
+        scale_exp = self._scale_exponent(X3)
+        if scale_exp:
+            X3 = np.ldexp(X3, scale_exp).astype(X3.dtype, copy=False)
         check_classification_targets(y)
         classes, y_enc = np.unique(y, return_inverse=True)
         if classes.shape[0] < 2:
@@ -254,7 +270,17 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             X3=X3, classes=classes, dtype=dtype, block_shape=(P, R, L), plan=plan,
             backend=backend, gates=gates, gate_key=gate_key, op=op, datafit=datafit,
             Y=Yd, w=wd, alpha_max=float(to_numpy(amax)), grad_at_zero=grad_at_zero,
+            scale_exp=scale_exp,
         )
+
+    def _scale_exponent(self, X3):
+        """``e`` such that ``X3 * 2**e`` has entries of order one when the lifted features
+        of ``X3`` (of order ``max|X3| ** degree``) would leave ``2**-30 .. 2**30``, else 0."""
+        top = float(np.max(np.abs(X3))) if X3.size else 0.0
+        if top == 0.0 or not math.isfinite(top):
+            return 0
+        e = math.frexp(top)[1]  # top = m * 2**e with 0.5 <= m < 1
+        return -e if abs(e) * self._degree > 30 else 0
 
     def compute_alpha_max(self, X, y, sample_weight=None):
         """``alpha_max`` of ``(X, y)``: the smallest ``alpha`` giving the all-zero model.
@@ -284,7 +310,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         probe = clone(self).set_params(warm_start=False)
-        return probe._setup(X, y, sample_weight, reset=True).alpha_max
+        st = probe._setup(X, y, sample_weight, reset=True)
+        return _ldexp(st.alpha_max, -st.scale_exp * self._degree)
 
     def _resolve_alpha(self, amax):
         """The absolute ``alpha`` of a fit: ``alpha`` when given, else
@@ -302,6 +329,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         An interrupted fit (Ctrl-C, :class:`KeyboardInterrupt`) also keeps the iterate
         reached and its certificate in the fitted attributes (``interrupted_`` is True),
         then re-raises the interrupt.
+
+        Inputs of extreme scale (whose lifted features would leave ``2**-30 .. 2**30``,
+        e.g. float32 tokens of magnitude ``1e13`` for self-attention) are fitted as the
+        same program on ``X * 2**input_scale_exp_`` with ``alpha`` scaled to match (the
+        programs are homogeneous in ``X``, and powers of two are exact); ``coef_`` and the
+        gates are then in those units (``input_scale_exp_`` is 0 otherwise), and
+        ``alpha_``, ``alpha_max_`` and ``objective_`` are those of ``X``.
 
         Parameters
         ----------
@@ -332,12 +366,20 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.gates_ = st.gates
         self._gate_key = st.gate_key
         self.classes_ = st.classes
-        amax = st.alpha_max
+        # alpha in the units of X (alpha_max_, alpha_) and of the program solved, on
+        # X * 2**input_scale_exp_ (the same unless X has an extreme scale)
+        k = st.scale_exp * self._degree
+        amax = _ldexp(st.alpha_max, -k)
         self.alpha_max_ = amax
-        self.alpha_ = alpha = self._resolve_alpha(amax)
-        if self.alpha is not None and alpha >= amax:
+        self.alpha_ = self._resolve_alpha(amax)
+        self.input_scale_exp_ = int(st.scale_exp)
+        amax_solve = st.alpha_max
+        alpha = (
+            float(self.alpha_ratio) * amax_solve if self.alpha is None else _ldexp(self.alpha, k)
+        )
+        if self.alpha is not None and alpha >= amax_solve:
             warnings.warn(
-                f"alpha={alpha:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
+                f"alpha={self.alpha_:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
                 "model (intercept only). Use a smaller alpha, e.g. alpha=None and "
                 "alpha_ratio, a fraction of alpha_max_.",
                 UserWarning,
@@ -419,7 +461,18 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ predict
+    def _scaled(self, X3):
+        """``X3`` in the units of the program solved (``X * 2**input_scale_exp_``)."""
+        e = getattr(self, "input_scale_exp_", 0)
+        return np.ldexp(X3, e).astype(X3.dtype, copy=False) if e else X3
+
     def _logits(self, X3):
+        X3 = self._scaled(X3)
+        # inputs far larger (or smaller) than the training data's: the features of
+        # X3 * 2**extra are finite, and the logits are rescaled in float64
+        extra = self._scale_exponent(X3)
+        if extra:
+            X3 = np.ldexp(X3, extra).astype(X3.dtype, copy=False)
         backend = resolve_device(self.device, for_predict=True)
         xp = backend.xp
         n, s, d = X3.shape
@@ -438,6 +491,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
         op = self._operator(gates, backend.asarray(X3), xp, (P, R, L), self.classes_.shape[0], plan)
         O = op.forward(backend.asarray(self.coef_.astype(dtype)))
+        if extra:
+            with np.errstate(over="ignore", under="ignore"):  # saturate to +-inf
+                O = np.ldexp(to_numpy(O).astype(np.float64), -extra * self._degree)
+                return (O + self.intercept_.astype(np.float64)[None, :]).astype(dtype)
         O = O + backend.asarray(self.intercept_.astype(dtype))[None, :]
         return to_numpy(O)
 
@@ -492,8 +549,12 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         O = self._logits(check_tokens(self, X, reset=False))
         dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
         O = O.astype(np.float64)
-        O = O - O.max(axis=1, keepdims=True)
-        E = np.exp(O)
+        top = O.max(axis=1, keepdims=True)
+        infinite = ~np.isfinite(top[:, 0])
+        if infinite.any():  # logits beyond the float range: the limit of the softmax
+            O[infinite] = np.where(O[infinite] == top[infinite], 0.0, -np.inf)
+            top[infinite] = 0.0
+        E = np.exp(O - top)
         return (E / E.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
 
     @available_if(_has_log_loss)
@@ -517,7 +578,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         clusters : ndarray of shape (n_samples, n_tokens), dtype int64
         """
         check_is_fitted(self)
-        X3 = check_tokens(self, X, reset=False)
+        X3 = self._scaled(check_tokens(self, X, reset=False))
         return np.asarray(self._token_clusters(X3), dtype=np.int64)
 
     def get_feature_names_out(self, input_features=None):

@@ -273,3 +273,27 @@ def test_keyboard_interrupt_keeps_the_iterate_and_its_certificate(data, monkeypa
     assert est.predict(X).shape == y.shape
     net = est.to_nonconvex()
     assert net.objective(X, y) == pytest.approx(est.objective_, rel=1e-6)
+
+
+# ---------------------------------------------------------------- 5. extreme scales
+@pytest.mark.parametrize("cls", estimator_params(HEAD_CLASSES))
+@pytest.mark.parametrize("factor, dtype", [(1e13, np.float32), (1e30, np.float32),
+                                           (1e-30, np.float32), (1e103, np.float64),
+                                           (1e200, np.float64)])
+def test_extreme_scales_fit_the_same_program(cls, factor, dtype, data):
+    """The programs are homogeneous in X: X * factor is fitted (to the same objective
+    and predictions) with finite probabilities, and no RuntimeWarning."""
+    X, y = data
+    ref = small(cls, tol=1e-3).fit(X.astype(dtype), y)
+    Xs = (X * factor).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        est = small(cls, tol=1e-3).fit(Xs, y)
+        proba = est.predict_proba(Xs)
+        # a model fitted at the usual scale predicts the huge (or tiny) inputs too
+        proba_ref = ref.predict_proba(Xs)
+    assert est.objective_ == pytest.approx(ref.objective_, rel=1e-3)
+    assert np.isfinite(proba).all() and np.isfinite(proba_ref).all()
+    np.testing.assert_array_equal(est.predict(Xs), ref.predict(X.astype(dtype)))
+    if np.isfinite(est.alpha_max_):
+        assert est.alpha_ == pytest.approx(est.alpha_ratio * est.alpha_max_)

@@ -224,6 +224,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     }
 
     _head_name = "self-attention"
+    _degree = 3  # the lifted features X_i^T D X_i x X_i are cubic in X
     _reduce_hint = (
         "n_features (d; lifted features grow as d**3 — put TokenPCA before the head) "
         "or n_gates"
