@@ -45,7 +45,7 @@ __all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
 #: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
 #: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
 #: benchmarks/tune_alpha_ratio.py)
-DEFAULT_ALPHA_RATIO = 1e-2
+DEFAULT_ALPHA_RATIO = 0.1
 
 
 def _ldexp(x, e):

@@ -2,13 +2,18 @@
 
 Subcommands:
 
-* ``skconvexattn fit DATA --head HEAD --alpha A -o MODEL``: fit a head on token features
-  stored in NumPy files and save it with joblib;
+* ``skconvexattn fit DATA --head HEAD [-o MODEL]``: fit a head (or a pipeline with
+  ``--scale``/``--pca``, or its ``*CV`` with ``--alpha auto``) on token features stored in
+  NumPy files and save it as a safe ``.skops`` file;
 * ``skconvexattn predict MODEL DATA [-o PREDS]``: print or save the predicted labels;
+* ``skconvexattn score MODEL DATA``: the accuracy on labelled data;
 * ``skconvexattn info MODEL``: describe a saved model (parameters, token shape, classes,
   certificate, number of weights);
 * ``skconvexattn demo``: fit every head and a linear baseline on the bundled digit tokens
   and print a table of accuracy, fit time, iterations and duality gap.
+
+Model files are loaded only when they hold this package's, scikit-learn's and NumPy's
+types (:func:`trusted_types`); pickles (joblib) and foreign types need ``--trust``.
 
 User errors (a missing file, a missing array, a wrong shape, a bad parameter) are reported
 on one line, ``skconvexattn: error: ...``, with exit status 1; usage errors exit with 2.
@@ -838,12 +843,14 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 _MAIN_EPILOG = """\
 commands, with an example each:
-  fit      fit a head on token features saved with NumPy, save it with joblib
-             skconvexattn fit train.npz --head attention --alpha 1e-3 -o model.joblib
+  fit      fit a head on token features saved with NumPy, save it (.skops)
+             skconvexattn fit train.npz --head attention -o model.skops
   predict  print (or save) the labels a saved model predicts
-             skconvexattn predict model.joblib test.npz -o preds.npy
+             skconvexattn predict model.skops test.npz -o preds.npy
+  score    the accuracy of a saved model on labelled data
+             skconvexattn score model.skops test.npz
   info     describe a saved model: parameters, token shape, classes, certificate
-             skconvexattn info model.joblib
+             skconvexattn info model.skops
   demo     fit every head on the bundled digit tokens and print a table
              skconvexattn demo
 
@@ -855,31 +862,35 @@ on stderr (exit status 1); SKCONVEXATTN_DEBUG=1 shows the full traceback.
 
 _FIT_EPILOG = """\
 examples:
-  # an .npz archive with arrays X (n, n_tokens, n_features) and y (n,)
-  skconvexattn fit train.npz --head attention --alpha 1e-3 --n-gates 8 -o model.joblib
+  # an .npz archive with arrays X (n, n_tokens, n_features) and y (n,); default alpha
+  skconvexattn fit train.npz --head attention --n-gates 8 -o model.skops
+  # wide encoder tokens: standardise, 16 principal components, alpha by cross-validation
+  skconvexattn fit train.npz --head attention --scale --pca 16 --alpha auto -o model.skops
   # two .npy files, an FNO head keeping 4 Fourier modes, progress on stderr
-  skconvexattn fit X.npy y.npy --head fno --alpha 1e-3 --n-modes 4 --verbose -o fno.joblib
+  skconvexattn fit X.npy y.npy --head fno --alpha-ratio 0.03 --n-modes 4 --verbose -o fno.skops
   # a flattened X of shape (n, 16 * 20) and other array names in the archive
   skconvexattn fit data.npz --x-key tokens --y-key labels --n-tokens 16 \\
-      --head mixer --alpha 1e-2 -o mixer.joblib
+      --head mixer --alpha 1e-2 -o mixer.skops
 
 Heads: attention = ConvexSelfAttentionClassifier, mixer = ConvexMixerClassifier,
 fno = ConvexFNOClassifier, mlp = ConvexMLPClassifier. Options left out take the
-estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations), except
---random-state (0). The model is saved with joblib; its fitted attributes are NumPy
-arrays, so a model fitted on a GPU loads and predicts on a machine without one.
+estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations, alpha
+= alpha_ratio * alpha_max_), except --random-state (0). The model (with --scale/--pca, the
+whole pipeline) is saved with skops (.joblib/.pkl: joblib, loadable with --trust only);
+its fitted attributes are NumPy arrays, so a model fitted on a GPU loads and predicts on a
+machine without one. Ctrl-C saves the iterate reached, with its duality gap (exit 130).
 Summary on stdout; progress (--verbose) and warnings on stderr.
 """
 
 _PREDICT_EPILOG = """\
 examples:
-  skconvexattn predict model.joblib test.npz                 # one label per line
-  skconvexattn predict model.joblib X_test.npy -o preds.npy  # saved with np.save
-  skconvexattn predict model.joblib test.npz --proba -o proba.csv
+  skconvexattn predict model.skops test.npz                 # one label per line
+  skconvexattn predict model.skops X_test.npy -o preds.npy  # saved with np.save
+  skconvexattn predict model.skops test.npz --proba -o proba.csv  # header: class names
 
 DATA is an .npz archive (array X, or the one named by --x-key) or an .npy file holding
-X alone, with the token shape the model was fitted on. Only load models you trust:
-joblib files can run code when loaded.
+X alone, with the token shape the model was fitted on. .skops models load after their
+types are checked; joblib/pickle files can run code when loaded and need --trust.
 """
 
 _TRUST_HELP = (
@@ -897,8 +908,8 @@ Prints the accuracy (the fraction of correctly predicted labels).
 
 _INFO_EPILOG = """\
 examples:
-  skconvexattn info model.joblib
-  skconvexattn info model.joblib --json
+  skconvexattn info model.skops
+  skconvexattn info model.skops --json
 
 Prints the head class, its parameters, the token shape, the classes, the number of
 iterations, the objective, the duality gap (an upper bound on the distance to the
@@ -995,7 +1006,7 @@ def _build_parser():
         help="fit a head on token features (.npz or X.npy y.npy) and save it",
         description=(
             "Fit a convex head on token features X and labels y, certify the solution\n"
-            "with a duality gap, and save the fitted estimator with joblib."
+            "with a duality gap, and save the fitted estimator (.skops)."
         ),
         epilog=_FIT_EPILOG,
         formatter_class=_FORMATTER,

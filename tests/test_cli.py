@@ -385,7 +385,7 @@ def test_fit_writes_skops_by_default_with_the_default_alpha_ratio(data, tmp_path
     est = load(tmp_path / "model.skops")
     assert est.alpha is None and est.alpha_ratio == DEFAULT_ALPHA_RATIO
     assert est.alpha_ == pytest.approx(DEFAULT_ALPHA_RATIO * est.alpha_max_)
-    assert "alpha_ / alpha_max_ = 0.01" in capsys.readouterr().out
+    assert f"alpha_ / alpha_max_ = {DEFAULT_ALPHA_RATIO:.3g}" in capsys.readouterr().out
 
 
 def test_fit_alpha_ratio_auto_scale_pca_and_score(data, tmp_path, capsys):

@@ -113,7 +113,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         The data term is a mean over samples, so ``alpha`` does not scale with
         ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
         model.
-    alpha_ratio : float in (0, 1], default=1e-2
+    alpha_ratio : float in (0, 1], default=0.1
         Used when ``alpha=None``: the regularisation relative to the training data's
         ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
         over between data sets of any scale (``docs/alpha.rst``).
