@@ -554,7 +554,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if infinite.any():  # logits beyond the float range: the limit of the softmax
             O[infinite] = np.where(O[infinite] == top[infinite], 0.0, -np.inf)
             top[infinite] = 0.0
-        E = np.exp(O - top)
+        with np.errstate(over="ignore"):  # a difference beyond -max: probability 0
+            E = np.exp(O - top)
         return (E / E.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
 
     @available_if(_has_log_loss)

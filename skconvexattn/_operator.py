@@ -146,7 +146,10 @@ class LiftedOperator:
         if center is not None:
             if self.Phi is not None:
                 self.mean = center @ self.Phi
-                self.Phi -= self.mean[None, :]  # in place: no second copy of the features
+                if self._owned:  # built here: centred in place, no second copy
+                    self.Phi -= self.mean[None, :]
+                else:  # the feature map's output may be a view of X: never write to it
+                    self.Phi = self.Phi - self.mean[None, :]
             else:
                 self.mean = sum(
                     center[a:b] @ self._features(a, b) for a, b in self._chunks()
@@ -156,8 +159,10 @@ class LiftedOperator:
         """All the features, computed ``rows`` samples at a time into one array (the
         feature map's scratch memory is that of one chunk)."""
         n = self.n_samples
+        self._owned = False
         if rows is None or rows >= n:
             return self._features(0, n)
+        self._owned = True
         Phi = self.xp.empty((n, self.n_lifted), dtype=self.X.dtype, **_device_kw(self.X))
         for start in range(0, n, rows):
             stop = min(start + rows, n)
