@@ -56,6 +56,31 @@ def load(name, n_train, seed=0):
     return (np.asarray(Xtr, dtype=np.float32), ytr, np.asarray(Xte, dtype=np.float32), yte)
 
 
+def table(rows):
+    """An RST grid of test accuracy / iterations / seconds per head and ratio ('*': the
+    fit did not reach its tol)."""
+    ratios = sorted({r["alpha_ratio"] for r in rows}, reverse=True)
+    lines = []
+    for dataset in sorted({r["dataset"] for r in rows}, reverse=True):
+        lines.append(f"{dataset}:")
+        header = "head".ljust(32) + "".join(f"{r:>20g}" for r in ratios)
+        lines.append(header)
+        for head in HEADS:
+            cells = []
+            for ratio in ratios:
+                sel = [r for r in rows if r["dataset"] == dataset and r["head"] == head
+                       and r["alpha_ratio"] == ratio]
+                if not sel:
+                    cells.append(f"{'-':>20s}")
+                    continue
+                r = sel[0]
+                mark = "" if r["converged"] else "*"
+                cells.append(f"{r['test_accuracy']:.3f}/{r['n_iter']}/{r['seconds']:.0f}s{mark}"
+                             .rjust(20))
+            lines.append(head.ljust(32) + "".join(cells))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", default="1e-1,3e-2,1e-2,3e-3,1e-3,1e-4")
@@ -66,7 +91,12 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--max-time", type=float, default=600.0, help="seconds per fit")
     p.add_argument("--out", default=str(RESULTS / "tune_alpha_ratio.json"))
+    p.add_argument("--table", action="store_true",
+                   help="only print the table of the results already in --out")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())["rows"]))
+        return 0
     if not DATA.is_dir():
         print(f"tune_alpha_ratio: skipped: the real data folder {DATA} is absent "
               "(it holds SST-2 and Fashion-MNIST tokens; see the benchmarks README).")
