@@ -1130,7 +1130,8 @@ def _build_parser():
     reg.add_argument("--alpha", type=_positive_float, metavar="A",
                      help="absolute regularisation (default: --alpha-ratio)")
     reg.add_argument("--alpha-ratio", type=_ratio, metavar="R",
-                     help=f"regularisation relative to alpha_max_ (default {DEFAULT_ALPHA_RATIO:g})")
+                     help="regularisation relative to alpha_max_ "
+                          f"(default {DEFAULT_ALPHA_RATIO:g})")
     p.add_argument("--n-gates", type=_positive_int, default=4,
                    help="gates of the gated heads (default 4)")
     p.add_argument(
