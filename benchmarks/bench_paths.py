@@ -51,7 +51,7 @@ def main(argv=None):
             t_cold = C.min_time(lambda: cls(**{**base.get_params(), "alpha": a_min}).fit(X, y), repeat)
             cold_iters = [cls(**{**base.get_params(), "alpha": a}).fit(X, y).n_iter_ for a in path["alphas"]]
             cv_cls = getattr(ms, cls.__name__ + "CV")
-            params = {k: v for k, v in base.get_params().items() if k not in ("alpha", "warm_start")}
+            params = {k: v for k, v in base.get_params().items() if k not in ("alpha", "alpha_ratio", "warm_start")}
             t_cv = C.min_time(lambda: cv_cls(alphas=10, eps=1e-3, cv=5, **params).fit(X, y), 1)
         rows.append({
             "head": head, "n": n, "s": s, "d": d, "c": c, "n_gates": P,

@@ -23,16 +23,16 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._backend import resolve_device, to_numpy
+from ._backend import get_namespace, resolve_device, to_numpy
 from ._datafits import get_datafit
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
@@ -40,7 +40,74 @@ from ._penalty import BlockNuclearNorm
 from ._solver import alpha_max, fista, prior_and_start
 from ._validation import check_tokens
 
-__all__ = ["BaseConvexHead"]
+__all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
+
+#: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
+#: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
+#: benchmarks/tune_alpha_ratio.py)
+DEFAULT_ALPHA_RATIO = 0.1
+
+
+def _ldexp(x, e):
+    """``x * 2**e`` as a float, saturating to 0 or infinity instead of raising."""
+    try:
+        return math.ldexp(float(x), int(e))
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value it holds (messages print ``0``, not
+    ``np.int64(0)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _checked_class_weight(class_weight, y, sw, classes):
+    """``sample_weight`` times the weights of ``class_weight``, whose values must be
+    finite and non-negative (the message names ``class_weight``)."""
+    if class_weight is None:
+        return sw
+    if isinstance(class_weight, dict):
+        bad = {
+            _plain(k): _plain(v)
+            for k, v in class_weight.items()
+            if not (np.isscalar(v) and np.isreal(v) and np.isfinite(v) and v >= 0)
+        }
+        if bad:
+            raise ValueError(
+                f"class_weight must map classes to finite non-negative weights; got {bad}. "
+                "Give every class a weight >= 0 (0 drops the class's samples)."
+            )
+    return sw * compute_sample_weight(class_weight, y)
+
+
+def _normalised_weights(sw):
+    """``sw / sw.sum()`` in float64 without overflow (weights up to the float64 maximum)."""
+    sw = np.asarray(sw, dtype=np.float64)
+    top = sw.max()
+    if not np.isfinite(top):
+        raise ValueError("sample_weight must be finite; got an infinite weight.")
+    scaled = sw / top if top > 0 else sw
+    return scaled / scaled.sum()
+
+
+#: parameters that change how a fit is solved, not its gates
+_SOLVER_ONLY_PARAMS = frozenset(
+    {"alpha", "alpha_ratio", "max_iter", "max_time", "tol", "tol_scale", "solver",
+     "verbose", "warm_start", "device", "memory_budget"}
+)
+
+
+def _same_gate_key(old, new):
+    """Whether a warm start sees the data its gates were drawn from (same shape and token
+    moments): then a cold fit would draw the same gates."""
+    if old is None:
+        return False
+    return (
+        old[0] == new[0]
+        and np.array_equal(old[1], new[1])
+        and np.array_equal(old[2], new[2])
+    )
 
 # the factored path keeps ``coef_`` (the blocks ``U V^T``) only up to this many weights;
 # beyond, the fitted heads live in ``factors_`` alone
@@ -60,7 +127,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     """Base class of the convex attention-head classifiers (not for direct use)."""
 
     _parameter_constraints: dict = {
-        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, None, closed="neither"), None],
+        "alpha_ratio": [Interval(Real, 0, 1, closed="right")],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "activation": [StrOptions({"linear", "gated_relu"})],
         "n_gates": [Interval(Integral, 1, None, closed="left")],
         "loss": [StrOptions({"log_loss", "squared_error"})],
@@ -78,6 +147,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     }
 
     _head_name = "convex head"
+    #: the lifted features are homogeneous of this degree in ``X`` (self-attention: 3);
+    #: the program on ``X * 2**e`` with ``alpha * 2**(e * degree)`` is the same program
+    _degree = 1
     _reduce_hint = "n_features (e.g. with TokenPCA) or n_gates"
 
     # ------------------------------------------------------------------ hooks
@@ -99,7 +171,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Heads with a cheaper matrix-free form for some shapes override this.
         """
         return LiftedOperator(
-            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center
+            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center,
+            build_rows=getattr(plan, "build_rows", None),
         )
 
     def _work_per_sample(self, s, d):
@@ -118,9 +191,164 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self._draw_gates(rng, mu, sigma, X.shape[1], X.shape[2])
 
     # ------------------------------------------------------------------ fit
+    def _setup(self, X, y, sample_weight, *, reset):
+        """Everything a fit needs before the solver: validation, weights, gates, the
+        lifted operator and the gradient at zero (hence ``alpha_max``).
+
+        Nothing is stored on ``self`` except what validation sets at ``reset``
+        (``n_features_in_``, ``token_shape_``); the gates a cold fit would draw are in
+        ``setup.gates``. :meth:`fit` and :meth:`compute_alpha_max` share it.
+        """
+        X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
+        # extreme scales (float32 X * 1e13 for self-attention): solve the same program on
+        # X * 2**scale_exp, exactly (powers of two), with alpha scaled to match
+        scale_exp = self._scale_exponent(X3)
+        if scale_exp:
+            X3 = np.ldexp(X3, scale_exp).astype(X3.dtype, copy=False)
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"y has only one class ({_plain(classes[0])!r}); a classifier needs samples "
+                "of at least 2 classes."
+            )
+        sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
+        sw = _checked_class_weight(self.class_weight, y, sw, classes)
+        class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
+        if np.count_nonzero(class_totals > 0) < 2:
+            raise ValueError(
+                "sample_weight leaves only one class with positive total weight; a "
+                "classifier needs at least 2 classes with positive weight."
+            )
+        if np.any(class_totals <= 0):
+            empty = [_plain(v) for v in classes[class_totals <= 0]]
+            raise ValueError(
+                f"class(es) {empty} have zero total sample_weight; drop those samples "
+                "or give them positive weight."
+            )
+        n, s, d = X3.shape
+        self._check_head_params(s, d)
+        backend = resolve_device(self.device)
+        dtype = X3.dtype
+        P, R, L = self._block_shape(s, d)
+        c = classes.shape[0]
+        factored = self._choose_solver(n, s, d, c, dtype) == "factored"
+        plan = None if factored else plan_memory(
+            n,
+            P * R * L,
+            P * R * L * c,
+            dtype.itemsize,
+            self._work_per_sample(s, d),
+            self.memory_budget,
+            type(self).__name__,
+            self._reduce_hint,
+        )
+        # normalised weights: the sum of large weights may overflow, their ratios do not
+        w = _normalised_weights(sw)
+        rng = check_random_state(self.random_state)
+        mu, sigma = token_moments(X3, w)
+        gate_key = (
+            repr(sorted((k, v) for k, v in self.get_params(deep=False).items()
+                        if k not in _SOLVER_ONLY_PARAMS)) + repr(X3.shape),
+            np.asarray(mu, dtype=np.float64),
+            np.asarray(sigma, dtype=np.float64),
+        )
+        if (
+            self.warm_start
+            and hasattr(self, "gates_")
+            and _same_gate_key(getattr(self, "_gate_key", None), gate_key)
+        ):
+            gates = self.gates_  # same data moments: the gates a cold fit would draw
+        else:
+            gates = self._init_gates(rng, X3, w, mu, sigma)
+
+        xp = backend.xp
+        Xd = backend.asarray(X3)
+        Y = np.zeros((n, c), dtype=dtype)
+        Y[np.arange(n), y_enc] = 1.0
+        Yd = backend.asarray(Y)
+        wd = backend.asarray(w.astype(dtype))
+        gates_d = {k: backend.asarray(v.astype(dtype)) for k, v in gates.items()}
+        datafit = get_datafit(self.loss)
+        if factored:
+            op, amax = self._factored_setup(gates_d, Xd, Yd, wd, datafit, c)
+            grad_at_zero = None
+        else:
+            op = self._operator(
+                gates_d, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None
+            )
+            amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
+        return Bunch(
+            factored=factored,
+            X3=X3, classes=classes, dtype=dtype, block_shape=(P, R, L), plan=plan,
+            backend=backend, gates=gates, gate_key=gate_key, op=op, datafit=datafit,
+            Y=Yd, w=wd, alpha_max=float(to_numpy(amax)), grad_at_zero=grad_at_zero,
+            scale_exp=scale_exp,
+        )
+
+    def _scale_exponent(self, X3):
+        """``e`` such that ``X3 * 2**e`` has entries of order one when the lifted features
+        of ``X3`` (of order ``max|X3| ** degree``) would leave ``2**-30 .. 2**30``, else 0."""
+        top = float(np.max(np.abs(X3))) if X3.size else 0.0
+        if top == 0.0 or not math.isfinite(top):
+            return 0
+        e = math.frexp(top)[1]  # top = m * 2**e with 0.5 <= m < 1
+        return -e if abs(e) * self._degree > 30 else 0
+
+    def compute_alpha_max(self, X, y, sample_weight=None):
+        """``alpha_max`` of ``(X, y)``: the smallest ``alpha`` giving the all-zero model.
+
+        Computed exactly, without solving, from the gradient at zero of the program a
+        cold :meth:`fit` on the same data would solve (same gates, weights and
+        ``class_weight``); it costs the lifted features and one adjoint product. It is
+        the ``alpha_max_`` that fit would set, the scale ``alpha_ratio`` is relative to
+        (``alpha_ = alpha_ratio * alpha_max``), and where the ``*CV`` grids start.
+        The estimator is not modified.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_tokens, n_features) or \
+                (n_samples, n_tokens * n_features)
+            Token features.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights.
+
+        Returns
+        -------
+        alpha_max : float
+            Non-negative; 0 when the all-zero model is optimal for every ``alpha``
+            (e.g. constant tokens).
+        """
+        self._validate_params()
+        probe = clone(self).set_params(warm_start=False)
+        st = probe._setup(X, y, sample_weight, reset=True)
+        return _ldexp(st.alpha_max, -st.scale_exp * self._degree)
+
+    def _resolve_alpha(self, amax):
+        """The absolute ``alpha`` of a fit: ``alpha`` when given, else
+        ``alpha_ratio * alpha_max``."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return float(self.alpha_ratio) * amax
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fit the head by solving its convex program to a certified duality gap.
+
+        With ``max_time`` the fit stops, like at ``max_iter``, with the iterate reached and
+        its certificate (``dual_gap_``) and a :class:`~sklearn.exceptions.ConvergenceWarning`.
+        An interrupted fit (Ctrl-C, :class:`KeyboardInterrupt`) also keeps the iterate
+        reached and its certificate in the fitted attributes (``interrupted_`` is True),
+        then re-raises the interrupt.
+
+        Inputs of extreme scale (whose lifted features would leave ``2**-30 .. 2**30``,
+        e.g. float32 tokens of magnitude ``1e13`` for self-attention) are fitted as the
+        same program on ``X * 2**input_scale_exp_`` with ``alpha`` scaled to match (the
+        programs are homogeneous in ``X``, and powers of two are exact); ``coef_`` and the
+        gates are then in those units (``input_scale_exp_`` is 0 otherwise), and
+        ``alpha_``, ``alpha_max_`` and ``objective_`` are those of ``X``.
 
         Parameters
         ----------
@@ -137,81 +365,44 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
-        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"y has only one class ({classes[0]!r}); a classifier needs samples of at "
-                "least 2 classes."
-            )
-        sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
-        if self.class_weight is not None:
-            sw = sw * compute_sample_weight(self.class_weight, y)
-        class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
-        if np.count_nonzero(class_totals > 0) < 2:
-            raise ValueError(
-                "sample_weight leaves only one class with positive total weight; a "
-                "classifier needs at least 2 classes with positive weight."
-            )
-        if np.any(class_totals <= 0):
-            empty = classes[class_totals <= 0]
-            raise ValueError(
-                f"class(es) {list(empty)} have zero total sample_weight; drop those samples "
-                "or give them positive weight."
-            )
-        n, s, d = X3.shape
-        self._check_head_params(s, d)
-        backend = resolve_device(self.device)
-        dtype = X3.dtype
-        P, R, L = self._block_shape(s, d)
-        c = classes.shape[0]
-        if self._choose_solver(n, s, d, c, dtype) == "factored":
-            return self._fit_factored(X3, y_enc, classes, sw, backend)
-        plan = plan_memory(
-            n,
-            P * R * L,
-            P * R * L * c,
-            dtype.itemsize,
-            self._work_per_sample(s, d),
-            self.memory_budget,
-            type(self).__name__,
-            self._reduce_hint,
-        )
-
+        st = self._setup(X, y, sample_weight, reset=True)
+        P, R, L = st.block_shape
+        c = st.classes.shape[0]
+        dtype, backend, op, datafit = st.dtype, st.backend, st.op, st.datafit
+        Yd, wd = st.Y, st.w
         warm = (
             self.warm_start
             and hasattr(self, "coef_")
             and self.coef_.shape == (P, R, L * c)
-            and np.array_equal(getattr(self, "classes_", None), classes)
+            and np.array_equal(getattr(self, "classes_", None), st.classes)
         )
-        w = sw / sw.sum()
-        if not warm:
-            rng = check_random_state(self.random_state)
-            mu, sigma = token_moments(X3, w)
-            self.gates_ = self._init_gates(rng, X3, w, mu, sigma)
-        self.classes_ = classes
-
-        xp = backend.xp
-        Xd = backend.asarray(X3)
-        Y = np.zeros((n, c), dtype=dtype)
-        Y[np.arange(n), y_enc] = 1.0
-        Yd = backend.asarray(Y)
-        wd = backend.asarray(w.astype(dtype))
-        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = self._operator(gates, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None)
-        datafit = get_datafit(self.loss)
-
-        amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
-        amax = float(to_numpy(amax))
+        self.gates_ = st.gates
+        self._gate_key = st.gate_key
+        self.classes_ = st.classes
+        # alpha in the units of X (alpha_max_, alpha_) and of the program solved, on
+        # X * 2**input_scale_exp_ (the same unless X has an extreme scale)
+        k = st.scale_exp * self._degree
+        amax = _ldexp(st.alpha_max, -k)
         self.alpha_max_ = amax
-        if self.alpha >= amax:
+        self.alpha_ = self._resolve_alpha(amax)
+        self.input_scale_exp_ = int(st.scale_exp)
+        amax_solve = st.alpha_max
+        alpha = (
+            float(self.alpha_ratio) * amax_solve if self.alpha is None else _ldexp(self.alpha, k)
+        )
+        if self.alpha is not None and alpha >= amax_solve:
             warnings.warn(
-                f"alpha={self.alpha:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
-                "model (intercept only). Use a smaller alpha, e.g. a fraction of alpha_max_.",
+                f"alpha={self.alpha_:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
+                "model (intercept only). Use a smaller alpha, e.g. alpha=None and "
+                "alpha_ratio, a fraction of alpha_max_.",
                 UserWarning,
                 stacklevel=2,
             )
+        # alpha_max_ == 0: the all-zero model is optimal for every alpha; any positive
+        # value certifies it at iteration 0 (alpha_ stays 0, the value asked for)
+        alpha_solve = alpha if alpha > 0 else 1.0
+        if st.factored:
+            return self._fit_factored(st, alpha_solve)
         coef_init = intercept_init = step_init = None
         # a path predictor (see model_selection.regularization_path): used only when its
         # objective beats the previous solution's
@@ -229,7 +420,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                     break
                 value = float(to_numpy(
                     datafit.value(op.forward(c_init) + b_init[None, :], Yd, wd)
-                    + self.alpha * BlockNuclearNorm().value(c_init)
+                    + alpha_solve * BlockNuclearNorm().value(c_init)
                 ))
                 if value < best:  # a NaN value is never chosen
                     best, coef_init, intercept_init = value, c_init, b_init
@@ -239,7 +430,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             datafit,
             Yd,
             wd,
-            float(self.alpha),
+            float(alpha_solve),
             fit_intercept=self.fit_intercept,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -247,11 +438,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             coef_init=coef_init,
             intercept_init=intercept_init,
             step_init=step_init,
-            grad_at_zero=grad_at_zero,
+            grad_at_zero=st.grad_at_zero,
             verbose=self.verbose,
             warn=False,
+            max_time=self.max_time,
+            interruptible=True,
         )
-        if not res.converged:
+        if not res.converged and not res.interrupted:
             self._warn_not_converged(res)
         self.__dict__.pop("factors_", None)
         self.__dict__.pop("factor_singular_values_", None)
@@ -264,10 +457,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.dual_gap_ = res.dual_gap
         self.objective_ = res.objective
         self.convergence_ = res.history
+        self.interrupted_ = bool(res.interrupted)
         self.device_ = backend.name
         self.memory_plan_ = getattr(op, "plan_name", None) or (
-            "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
+            "materialised" if st.plan.materialised else f"chunks of {st.plan.chunk_rows}"
         )
+        if res.interrupted:
+            # the iterate reached and its certificate are kept; the interrupt goes on
+            raise KeyboardInterrupt
         return self
 
     # ------------------------------------------------------------------ factored path
@@ -276,11 +473,17 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     def _warn_not_converged(self, res):
         scale = res.null_objective if self._tol_scale() == "null" else abs(res.objective)
+        limit = (
+            f"max_time={self.max_time:g} s ({res.n_iter} iterations)"
+            if res.timed_out
+            else f"max_iter={self.max_iter} iterations"
+        )
         warnings.warn(
-            f"{type(self).__name__} did not reach tol={self.tol:g} in "
-            f"max_iter={self.max_iter} iterations (relative duality gap "
-            f"{res.dual_gap / max(scale, 1e-300):.2e}, tol_scale={self._tol_scale()!r}). "
-            "Increase max_iter, loosen tol, or increase alpha.",
+            f"{type(self).__name__} did not reach tol={self.tol:g} in {limit} "
+            f"(relative duality gap {res.dual_gap / max(scale, 1e-300):.2e}, "
+            f"tol_scale={self._tol_scale()!r}). Increase max_iter"
+            f"{' or max_time' if self.max_time is not None else ''}, loosen tol, or "
+            "increase alpha.",
             ConvergenceWarning,
             stacklevel=3,
         )
@@ -320,70 +523,57 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             return "factored"
         return "fista" if plan.materialised else "factored"
 
-    def _fit_factored(self, X3, y_enc, classes, sw, backend):
-        """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
-        heads with rank growth and the same duality-gap certificate as FISTA."""
-        from ._factored import balanced_heads, block_spectra, factored_solve
+    def _factored_setup(self, gates, X, Y, w, datafit, c):
+        """The factor operator of ``X`` and ``alpha_max`` from the spectra of the
+        gradient blocks at zero (exact on small blocks, Lanczos otherwise)."""
+        from ._factored import block_spectra
         from ._factored_ops import chunk_rows_for
 
-        n, s, d = X3.shape
-        c = classes.shape[0]
-        dtype = X3.dtype
-        xp = backend.xp
-        w = sw / sw.sum()
+        n, s, d = X.shape
+        xp = get_namespace(X)
+        budget = self.memory_budget * 1024**3 / 4
+        chunk = chunk_rows_for(n, self._factor_scratch(s, d, c, 32), X.dtype.itemsize, budget)
+        op = self._factor_operator(gates, X, chunk)
+        prior, b0 = prior_and_start(datafit, Y, w, self.fit_intercept)
+        T0 = w[:, None] * datafit.raw_gradient(xp.zeros_like(Y) + b0[None, :], Y)
+        sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
+        return op, float(sig0.max())
+
+    def _fit_factored(self, st, alpha):
+        """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
+        heads with rank growth and the same duality-gap certificate as FISTA."""
+        from ._factored import balanced_heads, factored_solve
+
+        backend, dtype = st.backend, st.dtype
+        n, s, d = st.X3.shape
+        c = st.classes.shape[0]
         prev = self.__dict__.get("factors_")
         warm = (
             self.warm_start
             and prev is not None
             and prev["A"].shape[2:] == self._factor_a_shape(s, d)
             and prev["B"].shape[2:] == (d, c)
-            and np.array_equal(getattr(self, "classes_", None), classes)
+            and prev["A"].shape[0] == st.block_shape[0]
+            and np.array_equal(getattr(self, "classes_", None), st.classes)
+            and getattr(self, "input_scale_exp_", 0) == st.scale_exp
         )
-        if not warm:
-            rng = check_random_state(self.random_state)
-            mu, sigma = token_moments(X3, w)
-            self.gates_ = self._init_gates(rng, X3, w, mu, sigma)
-        self.classes_ = classes
-        Xd = backend.asarray(X3)
-        Y = np.zeros((n, c), dtype=dtype)
-        Y[np.arange(n), y_enc] = 1.0
-        Yd = backend.asarray(Y)
-        wd = backend.asarray(w.astype(dtype))
-        gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        budget = self.memory_budget * 1024**3 / 4
-        r_guess = 32
-        chunk = chunk_rows_for(n, self._factor_scratch(s, d, c, r_guess), dtype.itemsize, budget)
-        op = self._factor_operator(gates, Xd, chunk)
-        datafit = get_datafit(self.loss)
-        prior, b0 = prior_and_start(datafit, Yd, wd, self.fit_intercept)
-        T0 = wd[:, None] * datafit.raw_gradient(xp.zeros_like(Yd) + b0[None, :], Yd)
-        sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
-        self.alpha_max_ = float(sig0.max())
-        if self.alpha >= self.alpha_max_:
-            warnings.warn(
-                f"alpha={self.alpha:g} >= alpha_max_={self.alpha_max_:.4g}: the solution is "
-                "the all-zero model (intercept only). Use a smaller alpha, e.g. a fraction of "
-                "alpha_max_.",
-                UserWarning,
-                stacklevel=3,
-            )
         A0 = B0 = b_init = None
         if warm:
             A0 = backend.asarray(prev["A"].astype(dtype))
             B0 = backend.asarray(prev["B"].astype(dtype))
             b_init = backend.asarray(self.intercept_.astype(dtype))
         res = factored_solve(
-            op, datafit, Yd, wd, float(self.alpha), fit_intercept=self.fit_intercept,
+            st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
-            A_init=A0, B_init=B0, intercept_init=b_init,
-            max_time=getattr(self, "max_time", None), verbose=self.verbose, warn=False,
+            A_init=A0, B_init=B0, intercept_init=b_init, max_time=self.max_time,
+            verbose=self.verbose, warn=False,
         )
         if not res.converged:
             self._warn_not_converged(res)
         A2, B2, S = balanced_heads(res.A, res.B)
         self.factors_ = {"A": A2.astype(dtype), "B": B2.astype(dtype)}
         self.factor_singular_values_ = S
-        P, R, L = self._block_shape(s, d)
+        P, R, L = st.block_shape
         self.__dict__.pop("coef_", None)
         if P * R * L * c <= _MATERIALISE_MAX:
             U = A2.reshape(P, A2.shape[1], R)
@@ -395,9 +585,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.objective_ = res.objective
         self.null_objective_ = res.null_objective
         self.convergence_ = res.history
+        self.interrupted_ = False
         self.device_ = backend.name
         self.solver_ = "factored"
-        self.memory_plan_ = f"factored, chunks of {op.chunk_rows}"
+        self.memory_plan_ = f"factored, chunks of {st.op.chunk_rows}"
         return self
 
     def _factor_logits(self, X3):
@@ -420,9 +611,27 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return to_numpy(O + backend.asarray(self.intercept_.astype(dtype))[None, :])
 
     # ------------------------------------------------------------------ predict
+    def _scaled(self, X3):
+        """``X3`` in the units of the program solved (``X * 2**input_scale_exp_``)."""
+        e = getattr(self, "input_scale_exp_", 0)
+        return np.ldexp(X3, e).astype(X3.dtype, copy=False) if e else X3
+
     def _logits(self, X3):
+        X3 = self._scaled(X3)
+        # inputs far larger (or smaller) than the training data's: the features of
+        # X3 * 2**extra are finite, and the logits are rescaled in float64
+        extra = self._scale_exponent(X3)
+        if extra:
+            X3 = np.ldexp(X3, extra).astype(X3.dtype, copy=False)
         if "factors_" in self.__dict__:
-            return self._factor_logits(X3)
+            O = self._factor_logits(X3)
+            if extra:
+                with np.errstate(over="ignore", under="ignore"):
+                    O = np.ldexp(
+                        O.astype(np.float64) - self.intercept_[None, :], -extra * self._degree
+                    )
+                    return (O + self.intercept_.astype(np.float64)[None, :]).astype(X3.dtype)
+            return O
         backend = resolve_device(self.device, for_predict=True)
         xp = backend.xp
         n, s, d = X3.shape
@@ -441,6 +650,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
         op = self._operator(gates, backend.asarray(X3), xp, (P, R, L), self.classes_.shape[0], plan)
         O = op.forward(backend.asarray(self.coef_.astype(dtype)))
+        if extra:
+            with np.errstate(over="ignore", under="ignore"):  # saturate to +-inf
+                O = np.ldexp(to_numpy(O).astype(np.float64), -extra * self._degree)
+                return (O + self.intercept_.astype(np.float64)[None, :]).astype(dtype)
         O = O + backend.asarray(self.intercept_.astype(dtype))[None, :]
         return to_numpy(O)
 
@@ -492,10 +705,17 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
-        O = self._logits(check_tokens(self, X, reset=False)).astype(np.float64)
-        O = O - O.max(axis=1, keepdims=True)
-        E = np.exp(O)
-        return E / E.sum(axis=1, keepdims=True)
+        O = self._logits(check_tokens(self, X, reset=False))
+        dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
+        O = O.astype(np.float64)
+        top = O.max(axis=1, keepdims=True)
+        infinite = ~np.isfinite(top[:, 0])
+        if infinite.any():  # logits beyond the float range: the limit of the softmax
+            O[infinite] = np.where(O[infinite] == top[infinite], 0.0, -np.inf)
+            top[infinite] = 0.0
+        with np.errstate(over="ignore"):  # a difference beyond -max: probability 0
+            E = np.exp(O - top)
+        return (E / E.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
 
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
@@ -519,7 +739,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             ``-1`` for padding tokens (token rows entirely NaN, see ``docs/padding.rst``).
         """
         check_is_fitted(self)
-        X3 = check_tokens(self, X, reset=False)
+        X3 = self._scaled(check_tokens(self, X, reset=False))
         return np.asarray(self._token_clusters(X3), dtype=np.int64)
 
     def get_feature_names_out(self, input_features=None):

@@ -60,6 +60,7 @@ class FactoredResult:
     null_objective: float
     converged: bool
     history: dict = field(default_factory=dict)
+    timed_out: bool = False  # stopped by max_time
 
 
 # ---------------------------------------------------------------- small helpers
@@ -113,6 +114,8 @@ def balanced_heads(A, B):
     B = np.asarray(to_numpy(B), dtype=np.float64)
     P, r = A.shape[:2]
     a_shape, b_shape = A.shape[2:], B.shape[2:]
+    if r == 0:  # the all-zero model
+        return A, B, np.zeros((P, 0))
     U = np.transpose(A.reshape(P, r, -1), (0, 2, 1))  # (P, R, r)
     V = np.transpose(B.reshape(P, r, -1), (0, 2, 1))  # (P, Lc, r)
     Qu, Ru = np.linalg.qr(U)  # (P, R, ku), (P, ku, r)
@@ -445,7 +448,7 @@ def factored_solve(
     lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps))
     best_dual = -math.inf
     v_start = None
-    converged = stalled = False
+    converged = stalled = timed_out = False
     primal = gap = math.inf
     if A.shape[1] > 0:
         O = fun([A, B, b])[2]
@@ -483,7 +486,10 @@ def factored_solve(
         if gap <= tol * ref:
             converged = True
             break
-        if it >= max_iter or time.perf_counter() > deadline:
+        if it >= max_iter:
+            break
+        if time.perf_counter() > deadline:
+            timed_out = True
             break
         # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
         grow = sig > alpha * (1.0 + 1e-6)

@@ -24,12 +24,15 @@ GiB = 1024**3
 
 
 class MemoryPlan:
-    """Outcome of :func:`plan_memory`: ``chunk_rows=None`` means materialise."""
+    """Outcome of :func:`plan_memory`: ``chunk_rows=None`` means materialise (the features
+    are then computed ``build_rows`` samples at a time into one preallocated array)."""
 
-    def __init__(self, chunk_rows, feature_bytes, weight_bytes):
+    def __init__(self, chunk_rows, feature_bytes, weight_bytes, build_rows=None, peak_bytes=0):
         self.chunk_rows = chunk_rows
         self.feature_bytes = feature_bytes
         self.weight_bytes = weight_bytes
+        self.build_rows = build_rows
+        self.peak_bytes = peak_bytes
 
     @property
     def materialised(self):
@@ -44,6 +47,13 @@ def plan_memory(
     n_samples, n_lifted, n_weights, itemsize, work_per_sample, budget_gib, what, reduce_hint
 ):
     """Choose materialised or chunked lifted features within ``budget_gib``.
+
+    The plan is an upper bound on the solver's peak memory (beyond the input ``X``):
+    ``peak_bytes`` counts the weight-sized arrays (about 8 copies of the weights), the
+    logit-sized arrays (about 8 of ``(n, c)``) and, materialised, the features plus the
+    output and scratch memory of the feature map for one build chunk (the features are
+    computed chunk by chunk into one array and centred in place), or, chunked, the output
+    and scratch of one chunk.
 
     Parameters
     ----------
@@ -64,23 +74,38 @@ def plan_memory(
         What the user can reduce, for messages.
     """
     budget = budget_gib * GiB
+    n_outputs = max(1, n_weights // max(n_lifted, 1))
     # the solver keeps about 8 weight-sized arrays (iterate, extrapolation, gradient,
-    # previous iterate, SVD factors and workspace)
+    # previous iterate, SVD factors and workspace) and as many logit-sized ones
     weight_bytes = 8 * n_weights * itemsize
-    per_sample = (n_lifted + work_per_sample) * itemsize
+    fixed = weight_bytes + 8 * n_samples * n_outputs * itemsize
+    per_sample = (n_lifted + work_per_sample) * itemsize  # one sample's features + scratch
     feature_bytes = n_samples * n_lifted * itemsize
-    if weight_bytes + per_sample > budget:
+    if fixed + per_sample > budget:
         raise ValueError(
             f"{what}: this problem needs {n_weights:,} weights and {n_lifted:,} lifted "
             f"features per sample; the solver would need about "
-            f"{_fmt(weight_bytes + per_sample)}, more than memory_budget={budget_gib:g} GiB. "
+            f"{_fmt(fixed + per_sample)}, more than memory_budget={budget_gib:g} GiB. "
             f"Reduce {reduce_hint}, or raise memory_budget if the machine has the memory."
         )
-    if feature_bytes + n_samples * work_per_sample * itemsize / 8 + weight_bytes <= budget / 2:
-        return MemoryPlan(None, feature_bytes, weight_bytes)
-    free = max(budget / 2 - weight_bytes, per_sample)
-    chunk_rows = max(1, int(free // per_sample))
-    return MemoryPlan(min(chunk_rows, n_samples), feature_bytes, weight_bytes)
+    # materialised: the features, plus one build chunk of the feature map
+    room = budget - fixed - feature_bytes
+    if room >= per_sample:
+        build_rows = int(min(n_samples, room // per_sample))
+        peak = fixed + feature_bytes + build_rows * per_sample
+        return MemoryPlan(None, feature_bytes, weight_bytes, build_rows, peak)
+    chunk_rows = int(min(n_samples, max(1, (budget - fixed) // per_sample)))
+    return MemoryPlan(
+        chunk_rows, feature_bytes, weight_bytes, peak_bytes=fixed + chunk_rows * per_sample
+    )
+
+
+def _device_kw(X):
+    """``device=`` of ``X`` for array-creation functions (none for NumPy)."""
+    device = getattr(X, "device", None)
+    if device is None or type(X).__module__.startswith("numpy"):
+        return {}
+    return {"device": device}
 
 
 class LiftedOperator:
@@ -95,6 +120,9 @@ class LiftedOperator:
     block_shape : tuple (P, R, L)
     chunk_rows : int or None
         ``None`` materialises the features; otherwise samples per chunk.
+    build_rows : int or None
+        Materialised: samples per call of the feature map while the features are built
+        (``None``: all at once).
     center : array of shape (n,) or None
         Sample weights (summing to one) to centre the features with. With an unpenalised
         intercept, ``o = Phi Z + b = (Phi - mean) Z + (b + mean Z)``: the centred program
@@ -103,7 +131,7 @@ class LiftedOperator:
         Lipschitz constant. :meth:`intercept_shift` maps the intercept back.
     """
 
-    def __init__(self, feature_map, X, block_shape, chunk_rows=None, center=None):
+    def __init__(self, feature_map, X, block_shape, chunk_rows=None, center=None, build_rows=None):
         self.xp = get_namespace(X)
         self.feature_map = feature_map
         self.X = X
@@ -114,15 +142,32 @@ class LiftedOperator:
         self.Phi = None
         self.mean = None
         if chunk_rows is None:
-            self.Phi = self._features(0, self.n_samples)
+            self.Phi = self._build(build_rows)
         if center is not None:
             if self.Phi is not None:
                 self.mean = center @ self.Phi
-                self.Phi = self.Phi - self.mean[None, :]
+                if self._owned:  # built here: centred in place, no second copy
+                    self.Phi -= self.mean[None, :]
+                else:  # the feature map's output may be a view of X: never write to it
+                    self.Phi = self.Phi - self.mean[None, :]
             else:
                 self.mean = sum(
                     center[a:b] @ self._features(a, b) for a, b in self._chunks()
                 )
+
+    def _build(self, rows):
+        """All the features, computed ``rows`` samples at a time into one array (the
+        feature map's scratch memory is that of one chunk)."""
+        n = self.n_samples
+        self._owned = False
+        if rows is None or rows >= n:
+            return self._features(0, n)
+        self._owned = True
+        Phi = self.xp.empty((n, self.n_lifted), dtype=self.X.dtype, **_device_kw(self.X))
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            Phi[start:stop, ...] = self._features(start, stop)
+        return Phi
 
     def intercept_shift(self, Z):
         """``mean . Z`` (shape ``(c,)``): the true intercept is the centred one minus this."""

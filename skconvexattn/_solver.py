@@ -45,6 +45,8 @@ class SolverResult:
     step_size: float  # the last step, for the operator scaled by 1 / kappa
     history: dict = field(default_factory=dict)
     null_objective: float = math.nan  # loss of the intercept-only model
+    timed_out: bool = False  # stopped by max_time
+    interrupted: bool = False  # stopped by KeyboardInterrupt (interruptible=True)
 
 
 def _vdot(a, b, xp):
@@ -162,6 +164,8 @@ def fista(
     warn=True,
     step_growth=1.2,
     grow_after=1,
+    max_time=None,
+    interruptible=False,
 ):
     """Solve the convex program to a relative duality gap ``<= tol``.
 
@@ -207,6 +211,12 @@ def fista(
         Report progress at every gap evaluation (iteration, objective, relative gap,
         elapsed time, ETA): 1 a progress bar when stderr is a terminal and plain lines
         otherwise, 2 plain lines (see :func:`~skconvexattn._progress.make_reporter`).
+    max_time : float or None
+        Seconds after which the solver stops as at ``max_iter``: with the current iterate
+        and its duality gap (``timed_out`` is set). Checked once per iteration.
+    interruptible : bool
+        Catch a :class:`KeyboardInterrupt` during the iterations and return the current
+        iterate with its duality gap (``interrupted`` is set) instead of propagating it.
 
     Returns
     -------
@@ -260,7 +270,7 @@ def fista(
     it = 0
 
     best_dual = [-math.inf]
-    reporter = make_reporter(verbose, tol, max_iter)
+    reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
     null = float(to_numpy(datafit.value(xp.zeros_like(Y) + b0[None, :], Y, w)))
 
     def ref(p):
@@ -283,64 +293,82 @@ def fista(
     if gap <= tol * ref(primal):
         converged = True
 
-    while not converged and it < max_iter:
-        it += 1
-        fy, Gy = datafit.value_and_gradient(Oy, Y, w)
-        g = op.adjoint(w[:, None] * Gy)
-        gb = w @ Gy if fit_intercept else None  # column sums as a matrix-vector product
-        if streak >= grow_after:
-            t *= step_growth
-            streak = 0
-        streak += 1
-        for _ in range(60):  # backtracking on the step size
-            x_new, S = pen_op.prox(y - t * g, t * alpha)
-            b_new = by - t * gb if fit_intercept else b
-            O_new = op.forward(x_new) + b_new[None, :]
-            f_new = datafit.value(O_new, Y, w)
-            # quadratic model <g, d> + |d|^2 / (2 t) of the step d = x_new - y
-            d = x_new - y
-            quad = _vdot(g + (0.5 / t) * d, d, xp)
-            if fit_intercept:
-                db = b_new - by
-                quad = quad + _vdot(gb + (0.5 / t) * db, db, xp)
-            # restart test (O'Donoghue & Candes): <y - x_new, x_new - x> > 0
-            r = -_vdot(d, x_new - x, xp)
-            if fit_intercept:
-                r = r - _vdot(db, b_new - b, xp)
-            excess, restart, fy_host = (
-                float(v) for v in to_numpy(xp.stack([f_new - fy - quad, r, fy]))
-            )
-            if math.isfinite(excess) and excess <= 10 * eps * (abs(fy_host) + 1):
+    timed_out = interrupted = False
+    completed = it
+    try:
+        while not converged and it < max_iter:
+            if max_time is not None and time.perf_counter() - t_start >= max_time:
+                timed_out = True
                 break
-            t *= 0.5
-            streak = 0
-        else:
-            raise FloatingPointError(
-                "the line search found no step that decreases the objective (non-finite "
-                "values?): check the input for extreme scales, or use float64."
-            )
-        pen = xp.sum(S)
-        if restart > 0:
-            tau = 1.0
-            beta = 0.0
-        else:
-            tau_new = (1.0 + math.sqrt(1.0 + 4.0 * tau * tau)) / 2.0
-            beta = (tau - 1.0) / tau_new
-            tau = tau_new
-        if beta > 0:
-            y = x_new + beta * (x_new - x)
-            by = b_new + beta * (b_new - b) if fit_intercept else b_new
-            Oy = O_new + beta * (O_new - Ox)
-        else:
-            y, by, Oy = x_new, b_new, O_new
-        x, b, Ox = x_new, b_new, O_new
+            it += 1
+            fy, Gy = datafit.value_and_gradient(Oy, Y, w)
+            g = op.adjoint(w[:, None] * Gy)
+            gb = w @ Gy if fit_intercept else None  # column sums as a matrix-vector product
+            if streak >= grow_after:
+                t *= step_growth
+                streak = 0
+            streak += 1
+            for _ in range(60):  # backtracking on the step size
+                x_new, S = pen_op.prox(y - t * g, t * alpha)
+                b_new = by - t * gb if fit_intercept else b
+                O_new = op.forward(x_new) + b_new[None, :]
+                f_new = datafit.value(O_new, Y, w)
+                # quadratic model <g, d> + |d|^2 / (2 t) of the step d = x_new - y
+                d = x_new - y
+                quad = _vdot(g + (0.5 / t) * d, d, xp)
+                if fit_intercept:
+                    db = b_new - by
+                    quad = quad + _vdot(gb + (0.5 / t) * db, db, xp)
+                # restart test (O'Donoghue & Candes): <y - x_new, x_new - x> > 0
+                r = -_vdot(d, x_new - x, xp)
+                if fit_intercept:
+                    r = r - _vdot(db, b_new - b, xp)
+                excess, restart, fy_host = (
+                    float(v) for v in to_numpy(xp.stack([f_new - fy - quad, r, fy]))
+                )
+                if math.isfinite(excess) and excess <= 10 * eps * (abs(fy_host) + 1):
+                    break
+                t *= 0.5
+                streak = 0
+            else:
+                raise FloatingPointError(
+                    "the line search found no step that decreases the objective (non-finite "
+                    "values?): check the input for extreme scales, or use float64."
+                )
+            pen = xp.sum(S)
+            if restart > 0:
+                tau = 1.0
+                beta = 0.0
+            else:
+                tau_new = (1.0 + math.sqrt(1.0 + 4.0 * tau * tau)) / 2.0
+                beta = (tau - 1.0) / tau_new
+                tau = tau_new
+            if beta > 0:
+                y = x_new + beta * (x_new - x)
+                by = b_new + beta * (b_new - b) if fit_intercept else b_new
+                Oy = O_new + beta * (O_new - Ox)
+            else:
+                y, by, Oy = x_new, b_new, O_new
+            x, b, Ox = x_new, b_new, O_new
+            completed = it  # the iterate x is that of iteration `completed`
 
-        if it % check_every == 0 or it == max_iter:
-            primal, dual = check(it)
-            gap = primal - dual
-            if gap <= tol * ref(primal):
-                converged = True
+            if it % check_every == 0 or it == max_iter:
+                primal, dual = check(it)
+                gap = primal - dual
+                if gap <= tol * ref(primal):
+                    converged = True
 
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        interrupted = True
+        it = completed  # an iteration cut short leaves the previous iterate
+    if (timed_out or interrupted) and history["iteration"][-1] != it:
+        # the certificate of the iterate returned
+        pen = pen_op.value(x)
+        primal, dual = check(it)
+        gap = primal - dual
+        converged = gap <= tol * ref(primal)
     # the penalty tracked through the loop comes from the prox's Gram eigenvalues; report
     # the objective with the exact (SVD) nuclear norm of the returned point
     exact = float(to_numpy(datafit.value(Ox, Y, w) + alpha * pen_op.value(x)))
@@ -353,10 +381,11 @@ def fista(
                                zip(history["dual_gap"], history["objective"])]
     history["null_relative_gap"] = [g / max(null, 1e-300) for g in history["dual_gap"]]
     reporter.close(converged)
-    if not converged and warn:
+    if not converged and warn and not interrupted:
+        limit = f"max_time={max_time:g} s" if timed_out else f"max_iter={max_iter} iterations"
         warnings.warn(
-            f"The solver did not reach the requested duality gap in max_iter={max_iter} "
-            f"iterations (relative gap {gap / max(abs(primal), 1e-300):.2e} > tol={tol:g}). "
+            f"The solver did not reach the requested duality gap in {limit} "
+            f"(relative gap {gap / max(ref(primal), 1e-300):.2e} > tol={tol:g}). "
             "Increase max_iter, loosen tol, or increase alpha.",
             ConvergenceWarning,
             stacklevel=3,
@@ -372,4 +401,6 @@ def fista(
         step_size=t,
         history=history,
         null_objective=null,
+        timed_out=timed_out,
+        interrupted=interrupted,
     )

@@ -49,7 +49,7 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
         if y is not None:
             _check_n_labels(X, y)
     if ndim == 3:
-        with _explain_conversion(X):
+        with _explain_conversion(X, estimator):
             X3 = check_array(
                 X,
                 allow_nd=True,
@@ -59,6 +59,12 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
                 estimator=estimator,
             )
         n, s, d = X3.shape
+        if reset and n_tokens is not None and int(n_tokens) != s:
+            raise ValueError(
+                f"n_tokens={n_tokens} contradicts X of shape {X3.shape}, which already has "
+                f"{s} tokens: n_tokens is for a flattened 2-D X (n_samples, n_tokens * "
+                "n_features). Leave n_tokens=None for 3-D input."
+            )
         if not reset:
             _check_token_shape(estimator, (s, d))
         flat = X3.reshape(n, s * d)
@@ -70,7 +76,7 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
             )
         _check_finite(X3)
     elif ndim == 2:
-        with _explain_conversion(X):
+        with _explain_conversion(X, estimator):
             if y is None:
                 flat = validate_data(
                     estimator, X, reset=reset, dtype=_FLOATS, ensure_all_finite=False
@@ -206,8 +212,9 @@ class _explain_conversion:
     the fix: complex input, and non-numeric (object, string) input. Other errors pass
     through unchanged."""
 
-    def __init__(self, X):
+    def __init__(self, X, estimator=None):
         self.X = X
+        self.name = type(estimator).__name__ if estimator is not None else "this estimator"
 
     def __enter__(self):
         return self
@@ -215,11 +222,13 @@ class _explain_conversion:
     def __exit__(self, exc_type, exc, tb):
         if exc is None or not issubclass(exc_type, (TypeError, ValueError)):
             return False
+        if "feature names" in str(exc).lower():
+            return False  # mixed column-name types: scikit-learn's message says the fix
         kinds = _dtype_kinds(self.X)
         if "c" in kinds and "omplex" in str(exc):
             raise ValueError(
-                "Complex data not supported: X has a complex dtype, and the heads need "
-                "real token features. Pass real features, e.g. the real and imaginary "
+                f"Complex data not supported: X has a complex dtype, and {self.name} "
+                "needs real token features. Pass real features, e.g. the real and imaginary "
                 "parts as separate features, np.concatenate([X.real, X.imag], axis=-1), "
                 "or the magnitudes np.abs(X)."
             ) from exc

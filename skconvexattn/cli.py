@@ -2,13 +2,18 @@
 
 Subcommands:
 
-* ``skconvexattn fit DATA --head HEAD --alpha A -o MODEL``: fit a head on token features
-  stored in NumPy files and save it with joblib;
+* ``skconvexattn fit DATA --head HEAD [-o MODEL]``: fit a head (or a pipeline with
+  ``--scale``/``--pca``, or its ``*CV`` with ``--alpha auto``) on token features stored in
+  NumPy files and save it as a safe ``.skops`` file;
 * ``skconvexattn predict MODEL DATA [-o PREDS]``: print or save the predicted labels;
+* ``skconvexattn score MODEL DATA``: the accuracy on labelled data;
 * ``skconvexattn info MODEL``: describe a saved model (parameters, token shape, classes,
   certificate, number of weights);
 * ``skconvexattn demo``: fit every head and a linear baseline on the bundled digit tokens
   and print a table of accuracy, fit time, iterations and duality gap.
+
+Model files are loaded only when they hold this package's, scikit-learn's and NumPy's
+types (:func:`trusted_types`); pickles (joblib) and foreign types need ``--trust``.
 
 User errors (a missing file, a missing array, a wrong shape, a bad parameter) are reported
 on one line, ``skconvexattn: error: ...``, with exit status 1; usage errors exit with 2.
@@ -28,14 +33,18 @@ import warnings
 
 import numpy as np
 
+from ._base import DEFAULT_ALPHA_RATIO
+
 __all__ = ["main", "demo"]
 
 
-def _heads(alpha, n_gates, random_state, max_iter, tol):
+def _heads(alpha, n_gates, random_state, max_iter, tol, alpha_ratio=None):
     """(row name, estimator) pairs for the demo table; heads not yet present are skipped."""
     import skconvexattn as ska
 
     common = dict(random_state=random_state, max_iter=max_iter, tol=tol)
+    if alpha_ratio is not None:
+        common["alpha_ratio"] = alpha_ratio
     rows = [
         (
             "self-attention (linear)",
@@ -75,7 +84,7 @@ class _MeanTokenLogistic:
 
 
 def demo(
-    alpha=1e-3,
+    alpha=None,
     n_gates=4,
     tol=1e-2,
     max_iter=3000,
@@ -83,13 +92,15 @@ def demo(
     random_state=0,
     figure=None,
     out=sys.stdout,
+    alpha_ratio=None,
 ):
     """Fit every head on the digit tokens and print (and return) a results table.
 
     Parameters
     ----------
-    alpha : float
-        Regularisation strength of the convex heads.
+    alpha : float or None
+        Absolute regularisation strength of the convex heads (``None``: the heads'
+        ``alpha_ratio``).
     n_gates : int
         Gates of the gated heads.
     tol : float
@@ -104,6 +115,9 @@ def demo(
         Path of a token-cluster figure of test digits (needs matplotlib).
     out : file
         Where the table is printed.
+    alpha_ratio : float or None
+        Regularisation relative to each head's ``alpha_max_`` when ``alpha`` is None
+        (``None``: the heads' default).
 
     Returns
     -------
@@ -127,7 +141,7 @@ def demo(
         file=out,
     )
     entries = [("logistic regression on the mean token", _MeanTokenLogistic())]
-    entries += _heads(alpha, n_gates, random_state, max_iter, tol)
+    entries += _heads(alpha, n_gates, random_state, max_iter, tol, alpha_ratio)
     rows = []
     header = f"{'head':40s} {'train':>6s} {'test':>6s} {'fit s':>7s} {'iter':>6s} {'rel. gap':>9s}"
     print(header, file=out)
@@ -332,20 +346,132 @@ def _check_y(y, X, source):
     return y
 
 
-def load_model(path):
-    """Load a fitted model saved by ``skconvexattn fit`` (or any fitted estimator)."""
-    import joblib
+#: file endings saved with joblib (pickle); anything else is saved with skops
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def trusted_types():
+    """Fully qualified names of the types a model file may hold beyond those that
+    :mod:`skops.io` trusts by default: this package's estimators and transformers, and a
+    few scikit-learn and NumPy types their fitted attributes use.
+
+    Use it to load a model safely from Python::
+
+        import skops.io
+        from skconvexattn.cli import trusted_types
+
+        skops.io.dump(model, "model.skops")
+        unknown = set(skops.io.get_untrusted_types(file="model.skops")) - set(trusted_types())
+        assert not unknown  # anything else could run code: refuse it
+        model = skops.io.load("model.skops", trusted=trusted_types())
+
+    Returns
+    -------
+    names : list of str
+    """
+    import inspect
+
+    import skconvexattn  # noqa: F401  (loads the heads)
+    from sklearn.base import BaseEstimator
+
+    from . import model_selection, preprocessing  # noqa: F401
+
+    names = {"numpy.dtype", "sklearn.utils._bunch.Bunch"}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "skconvexattn" or name.startswith("skconvexattn.")):
+            continue
+        for obj in list(vars(module).values()):
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, BaseEstimator)
+                and obj.__module__.startswith("skconvexattn")
+            ):
+                names.add(f"{obj.__module__}.{obj.__qualname__}")
+    return sorted(names)
+
+
+def save_model(model, path):
+    """Save ``model`` with skops (``.skops``, the default) or joblib (``.joblib``/``.pkl``)."""
+    try:
+        if str(path).endswith(PICKLE_SUFFIXES):
+            import joblib
+
+            joblib.dump(model, path)
+        else:
+            import skops.io as sio
+
+            sio.dump(model, path)
+    except OSError as exc:
+        raise CommandError(f"cannot write model {path!r}: {_one_line(exc)}")
+
+
+def load_model(path, trust=False):
+    """Load a fitted model saved by ``skconvexattn fit``, never running code the user
+    did not agree to.
+
+    A ``.skops`` file is loaded when every type it holds is one skops trusts or one of
+    :func:`trusted_types`; other types, and pickle-based (joblib) files, which can run
+    any code when loaded, are refused unless ``trust=True`` (``--trust``), which loads
+    them with a warning on stderr.
+    """
+    import zipfile
+
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
     _check_file(path, "model file")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:
-        raise CommandError(
-            f"cannot load model {path!r}: not a joblib file saved by 'skconvexattn fit' "
-            f"({type(exc).__name__}: {_one_line(exc)})"
+    if zipfile.is_zipfile(path):
+        try:
+            import skops.io as sio
+        except ImportError:  # pragma: no cover - skops is a dependency
+            raise CommandError("reading .skops models needs skops: pip install skops")
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as exc:
+            raise CommandError(
+                f"cannot load model {path!r}: not a .skops file saved by 'skconvexattn fit' "
+                f"({type(exc).__name__}: {_one_line(exc)})"
+            )
+        unknown = sorted(set(untrusted) - set(trusted_types()))
+        if unknown and not trust:
+            raise CommandError(
+                f"refusing to load {path!r}: it holds types that are not skconvexattn's, "
+                f"scikit-learn's or NumPy's ({', '.join(unknown)}), whose code loading would "
+                "run; add --trust only if you trust the file's source"
+            )
+        if unknown:
+            print(
+                f"{PROG}: warning: --trust: loading types outside skconvexattn's list from "
+                f"{path!r}: {', '.join(unknown)}",
+                file=sys.stderr,
+            )
+        try:
+            model = sio.load(path, trusted=list(untrusted))
+        except Exception as exc:
+            raise CommandError(
+                f"cannot load model {path!r} ({type(exc).__name__}: {_one_line(exc)})"
+            )
+    else:
+        if not trust:
+            raise CommandError(
+                f"refusing to load {path!r}: it is not a .skops file, and a joblib or pickle "
+                "file can run any code when loaded. Re-save the model as .skops ('skconvexattn "
+                "fit ... -o model.skops'), or add --trust only if you trust the file's source"
+            )
+        import joblib
+
+        print(
+            f"{PROG}: warning: --trust: loading {path!r} with joblib (pickle), which runs "
+            "whatever code the file holds",
+            file=sys.stderr,
         )
+        try:
+            model = joblib.load(path)
+        except Exception as exc:
+            raise CommandError(
+                f"cannot load model {path!r}: not a joblib file saved by 'skconvexattn fit' "
+                f"({type(exc).__name__}: {_one_line(exc)})"
+            )
     if not hasattr(model, "predict") or not hasattr(model, "get_params"):
         raise CommandError(
             f"{path!r} holds a {type(model).__name__}, not a scikit-learn estimator saved by "
@@ -364,12 +490,10 @@ def _convex_head(model):
     """The convex head of a model: itself, or the last step of a pipeline."""
     from ._base import BaseConvexHead
 
-    if isinstance(model, BaseConvexHead):
-        return model
     steps = getattr(model, "steps", None)
-    if steps and isinstance(steps[-1][1], BaseConvexHead):
-        return steps[-1][1]
-    return None
+    last = steps[-1][1] if steps else model
+    last = getattr(last, "best_estimator_", last)  # a *CV estimator: its refitted head
+    return last if isinstance(last, BaseConvexHead) else None
 
 
 @contextlib.contextmanager
@@ -394,13 +518,13 @@ def _check_output_path(path, what):
         raise CommandError(f"cannot write {what} {path!r}: it is a directory")
 
 
-def _cmd_fit(args):
-    import joblib
-
+def _build_model(args):
+    """The estimator ``fit`` trains: the head (or its ``*CV`` for ``--alpha auto``), after
+    ``TokenStandardScaler`` (``--scale``) and ``TokenPCA`` (``--pca K``) when asked."""
     cls = _head_class(args.head)
-    params = {"alpha": args.alpha}
-    for name in ("activation", "n_gates", "n_tokens", "tol", "max_iter", "loss", "device",
-                 "memory_budget", "random_state"):
+    params = {}
+    for name in ("activation", "n_gates", "n_tokens", "tol", "max_iter", "max_time", "loss",
+                 "device", "memory_budget", "random_state"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -415,6 +539,41 @@ def _cmd_fit(args):
             params[name] = value
     if args.verbose:
         params["verbose"] = args.verbose
+    if args.alpha == "auto":
+        from . import model_selection
+
+        cls = getattr(model_selection, cls.__name__ + "CV")
+    elif args.alpha is not None:
+        params["alpha"] = args.alpha
+    elif args.alpha_ratio is not None:
+        params["alpha_ratio"] = args.alpha_ratio
+    steps = []
+    if args.scale or args.pca:
+        from .preprocessing import TokenPCA, TokenStandardScaler
+
+        if args.n_tokens is not None:
+            # the transformers cut a flattened X first; the head then gets 3-D tokens
+            n_tokens = params.pop("n_tokens")
+            if args.scale:
+                steps.append(TokenStandardScaler(n_tokens=n_tokens))
+            if args.pca:
+                steps.append(TokenPCA(args.pca, n_tokens=None if args.scale else n_tokens,
+                                      random_state=args.random_state))
+        else:
+            if args.scale:
+                steps.append(TokenStandardScaler())
+            if args.pca:
+                steps.append(TokenPCA(args.pca, random_state=args.random_state))
+    head = cls(**params)
+    if not steps:
+        return head
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(*steps, head)
+
+
+def _cmd_fit(args):
+    model = _build_model(args)
     _check_output_path(args.output, "model")
     X, y = load_data(args.data, args.x_key, args.y_key, need_y=True)
     if args.n_tokens is not None and X.ndim == 3 and X.shape[1] != args.n_tokens:
@@ -423,38 +582,82 @@ def _cmd_fit(args):
             f"{X.shape[1]} tokens; --n-tokens is for a flattened X (n_samples, "
             "n_tokens * n_features)"
         )
-    est = cls(**params)
+    if args.pca:
+        d = X.shape[2] if X.ndim == 3 else X.shape[1] // (args.n_tokens or 1)
+        if args.pca > d:
+            raise CommandError(
+                f"--pca {args.pca} keeps more components than the {d} features per token of X"
+            )
+    name = type(model).__name__ if not hasattr(model, "steps") else " -> ".join(
+        type(step).__name__ for _, step in model.steps
+    )
     shape = "x".join(str(v) for v in X.shape)
     if args.verbose:
-        print(f"{PROG}: fitting {cls.__name__} on X of shape {shape}", file=sys.stderr)
+        print(f"{PROG}: fitting {name} on X of shape {shape}", file=sys.stderr)
     start = time.perf_counter()
+    interrupted = False
     # the solver's progress lines go to stderr, so that stdout holds the summary only
-    with _reported_warnings(), contextlib.redirect_stdout(sys.stderr):
-        est.fit(X, y)
-    seconds = time.perf_counter() - start
-    est.set_params(verbose=0)  # progress printing is not part of the saved model
     try:
-        joblib.dump(est, args.output)
-    except OSError as exc:
-        raise CommandError(f"cannot write model {args.output!r}: {_one_line(exc)}")
-    s, d = est.token_shape_
-    rel = est.dual_gap_ / max(abs(est.objective_), 1e-300)
+        with _reported_warnings(), contextlib.redirect_stdout(sys.stderr):
+            try:
+                model.fit(X, y)
+            except ValueError as exc:
+                raise _with_pca_hint(exc)
+            except MemoryError:
+                raise CommandError(
+                    "out of memory while fitting: reduce the features per token with --pca K "
+                    "(e.g. --pca 16), use fewer --n-gates, or lower --memory-budget"
+                )
+    except KeyboardInterrupt:
+        head = _convex_head(model)
+        if head is None or not getattr(head, "interrupted_", False):
+            raise
+        interrupted = True  # the head kept the iterate reached and its certificate
+    seconds = time.perf_counter() - start
+    last = model.steps[-1][1] if hasattr(model, "steps") else model
+    fitted = getattr(last, "best_estimator_", last)  # the head (refitted, for --alpha auto)
+    last.set_params(verbose=0)  # progress printing is not part of the saved model
+    fitted.set_params(verbose=0)
+    save_model(model, args.output)
+    s, d = fitted.token_shape_
+    rel = fitted.dual_gap_ / max(abs(fitted.objective_), 1e-300)
     print(
-        f"{cls.__name__} fitted on {X.shape[0]} samples ({s} tokens x {d} features, "
-        f"{len(est.classes_)} classes) in {seconds:.2f} s on {est.device_}"
+        f"{name} fitted on {X.shape[0]} samples ({s} tokens x {d} features, "
+        f"{len(fitted.classes_)} classes) in {seconds:.2f} s on {fitted.device_}"
     )
+    alpha_line = f"alpha_ {fitted.alpha_:.4g} (alpha_ / alpha_max_ = " + (
+        f"{fitted.alpha_ / fitted.alpha_max_:.3g})" if fitted.alpha_max_ > 0 else "-)"
+    )
+    if fitted is not last:
+        alpha_line += " chosen by cross-validation"
     print(
-        f"iterations {est.n_iter_}, objective {est.objective_:.6g}, duality gap "
-        f"{est.dual_gap_:.3g} (relative {rel:.2g}, tol {est.tol:g}), alpha_max_ "
-        f"{est.alpha_max_:.4g}"
+        f"iterations {fitted.n_iter_}, objective {fitted.objective_:.6g}, duality gap "
+        f"{fitted.dual_gap_:.3g} (relative {rel:.2g}, tol {fitted.tol:g}), alpha_max_ "
+        f"{fitted.alpha_max_:.4g}, {alpha_line}"
     )
-    print(f"training accuracy {est.score(X, y):.4f}")
+    if interrupted:
+        print(
+            f"interrupted (Ctrl-C) at iteration {fitted.n_iter_}: saved the iterate reached "
+            f"with its certificate (relative duality gap {rel:.2g})"
+        )
+    print(f"training accuracy {model.score(X, y):.4f}")
     print(f"model saved to {args.output}")
-    return 0
+    return 130 if interrupted else 0
+
+
+def _with_pca_hint(exc):
+    """The memory planner's refusal, with the CLI's way to reduce the features."""
+    text = str(exc)
+    if "memory_budget=" in text:
+        return CommandError(
+            f"{_one_line(text)} In the CLI: --pca K (e.g. --pca 16) reduces the features per "
+            "token, --n-gates the gates."
+        )
+    return exc
 
 
 def _cmd_predict(args):
-    model = load_model(args.model)
+    model = load_model(args.model, trust=args.trust)
     X, _ = load_data([args.data], args.x_key, "y", need_y=False)
     if args.output:
         _check_output_path(args.output, "predictions")
@@ -473,7 +676,8 @@ def _cmd_predict(args):
         try:
             if path.endswith((".txt", ".csv")):
                 fmt = "%.8g" if args.proba else "%s"
-                np.savetxt(path, out, fmt=fmt, delimiter=",")
+                header = ",".join(str(_jsonable(c)) for c in model.classes_) if args.proba else ""
+                np.savetxt(path, out, fmt=fmt, delimiter=",", header=header, comments="")
             else:
                 np.save(path, out)
                 path = path if path.endswith(".npy") else path + ".npy"
@@ -482,11 +686,25 @@ def _cmd_predict(args):
         what = "probability rows" if args.proba else "predictions"
         print(f"{len(out)} {what} written to {path}")
     else:
+        if args.proba:  # a header naming the class of each column
+            print(" ".join(str(_jsonable(c)) for c in model.classes_))
         for row in out:
             if args.proba:
                 print(" ".join(f"{p:.6f}" for p in row))
             else:
                 print(row)
+    return 0
+
+
+def _cmd_score(args):
+    model = load_model(args.model, trust=args.trust)
+    X, y = load_data(args.data, args.x_key, args.y_key, need_y=True)
+    with _reported_warnings():
+        accuracy = model.score(X, y)
+    if args.json:
+        print(json.dumps({"accuracy": float(accuracy), "n_samples": int(X.shape[0])}))
+    else:
+        print(f"accuracy {accuracy:.4f} on {X.shape[0]} samples")
     return 0
 
 
@@ -496,8 +714,11 @@ def describe(model):
 
     info = {"estimator": type(model).__name__, "skconvexattn_version": __version__}
     head = _convex_head(model)
-    if head is not model and hasattr(model, "steps"):
+    if hasattr(model, "steps"):
         info["pipeline"] = [type(step).__name__ for _, step in model.steps]
+        # each step by the token shape it takes: (n_tokens, n_features) per sample
+        info["step_input_shapes"] = [_input_shape(step) for _, step in model.steps]
+    info["input_shape"] = _input_shape(model.steps[0][1] if hasattr(model, "steps") else model)
     if head is None:
         info["parameters"] = {k: repr(v) for k, v in model.get_params(deep=False).items()}
         return info
@@ -511,6 +732,9 @@ def describe(model):
     info["dual_gap_"] = float(head.dual_gap_)
     info["relative_gap"] = float(head.dual_gap_ / max(abs(head.objective_), 1e-300))
     info["alpha_max_"] = float(head.alpha_max_)
+    # the absolute alpha of the fit (older models without alpha_ had an absolute alpha)
+    alpha_ = getattr(head, "alpha_", None)
+    info["alpha_"] = float(alpha_ if alpha_ is not None else head.get_params()["alpha"])
     coef = np.asarray(head.coef_, dtype=np.float64)
     info["n_weights"] = int(coef.size)
     info["n_intercepts"] = int(np.size(head.intercept_))
@@ -525,6 +749,15 @@ def describe(model):
     return info
 
 
+def _input_shape(est):
+    """``[n_tokens, n_features]`` a fitted step takes, or ``[n_features_in_]``."""
+    shape = getattr(est, "token_shape_", None)
+    if shape is not None:
+        return [int(v) for v in shape]
+    n = getattr(est, "n_features_in_", None)
+    return [int(n)] if n is not None else None
+
+
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -534,14 +767,24 @@ def _jsonable(value):
 
 
 def _cmd_info(args):
-    model = load_model(args.model)
+    model = load_model(args.model, trust=args.trust)
     info = describe(model)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     lines = [("file", args.model)]
+    if info.get("input_shape"):
+        shape = info["input_shape"]
+        lines.append((
+            "input",
+            f"({shape[0]}, {shape[1]}): {shape[0]} tokens x {shape[1]} features per token"
+            if len(shape) == 2 else f"{shape[0]} features",
+        ))
     if "pipeline" in info:
-        lines.append(("pipeline", " -> ".join(info["pipeline"])))
+        lines.append(("pipeline", " -> ".join(
+            f"{name} {tuple(shape) if shape else ''}".rstrip()
+            for name, shape in zip(info["pipeline"], info["step_input_shapes"])
+        )))
     if "head" not in info:
         lines.append(("estimator", info["estimator"]))
         lines.append(("parameters", ", ".join(f"{k}={v}" for k, v in info["parameters"].items())))
@@ -563,12 +806,13 @@ def _cmd_info(args):
             ("objective_", f"{info['objective_']:.8g}"),
             ("dual_gap_", f"{info['dual_gap_']:.3g} (relative {info['relative_gap']:.2g})"),
             (
-                "alpha_max_",
-                f"{info['alpha_max_']:.6g} (alpha / alpha_max_ = "
-                f"{info['parameters']['alpha'] / info['alpha_max_']:.3g})"
+                "alpha_",
+                f"{info['alpha_']:.6g} (alpha_ / alpha_max_ = "
+                f"{info['alpha_'] / info['alpha_max_']:.3g})"
                 if info["alpha_max_"] > 0
-                else f"{info['alpha_max_']:.6g}",
+                else f"{info['alpha_']:.6g}",
             ),
+            ("alpha_max_", f"{info['alpha_max_']:.6g}"),
             (
                 "weights",
                 f"{info['n_weights']:,} convex weights in {P} blocks of {R} x {C} "
@@ -599,12 +843,14 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 _MAIN_EPILOG = """\
 commands, with an example each:
-  fit      fit a head on token features saved with NumPy, save it with joblib
-             skconvexattn fit train.npz --head attention --alpha 1e-3 -o model.joblib
+  fit      fit a head on token features saved with NumPy, save it (.skops)
+             skconvexattn fit train.npz --head attention -o model.skops
   predict  print (or save) the labels a saved model predicts
-             skconvexattn predict model.joblib test.npz -o preds.npy
+             skconvexattn predict model.skops test.npz -o preds.npy
+  score    the accuracy of a saved model on labelled data
+             skconvexattn score model.skops test.npz
   info     describe a saved model: parameters, token shape, classes, certificate
-             skconvexattn info model.joblib
+             skconvexattn info model.skops
   demo     fit every head on the bundled digit tokens and print a table
              skconvexattn demo
 
@@ -616,43 +862,115 @@ on stderr (exit status 1); SKCONVEXATTN_DEBUG=1 shows the full traceback.
 
 _FIT_EPILOG = """\
 examples:
-  # an .npz archive with arrays X (n, n_tokens, n_features) and y (n,)
-  skconvexattn fit train.npz --head attention --alpha 1e-3 --n-gates 8 -o model.joblib
+  # an .npz archive with arrays X (n, n_tokens, n_features) and y (n,); default alpha
+  skconvexattn fit train.npz --head attention --n-gates 8 -o model.skops
+  # wide encoder tokens: standardise, 16 principal components, alpha by cross-validation
+  skconvexattn fit train.npz --head attention --scale --pca 16 --alpha auto -o model.skops
   # two .npy files, an FNO head keeping 4 Fourier modes, progress on stderr
-  skconvexattn fit X.npy y.npy --head fno --alpha 1e-3 --n-modes 4 --verbose -o fno.joblib
+  skconvexattn fit X.npy y.npy --head fno --alpha-ratio 0.03 --n-modes 4 --verbose -o fno.skops
   # a flattened X of shape (n, 16 * 20) and other array names in the archive
   skconvexattn fit data.npz --x-key tokens --y-key labels --n-tokens 16 \\
-      --head mixer --alpha 1e-2 -o mixer.joblib
+      --head mixer --alpha 1e-2 -o mixer.skops
 
 Heads: attention = ConvexSelfAttentionClassifier, mixer = ConvexMixerClassifier,
 fno = ConvexFNOClassifier, mlp = ConvexMLPClassifier. Options left out take the
-estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations), except
---random-state (0). The model is saved with joblib; its fitted attributes are NumPy
-arrays, so a model fitted on a GPU loads and predicts on a machine without one.
+estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations, alpha
+= alpha_ratio * alpha_max_), except --random-state (0). The model (with --scale/--pca, the
+whole pipeline) is saved with skops (.joblib/.pkl: joblib, loadable with --trust only);
+its fitted attributes are NumPy arrays, so a model fitted on a GPU loads and predicts on a
+machine without one. Ctrl-C saves the iterate reached, with its duality gap (exit 130).
 Summary on stdout; progress (--verbose) and warnings on stderr.
 """
 
 _PREDICT_EPILOG = """\
 examples:
-  skconvexattn predict model.joblib test.npz                 # one label per line
-  skconvexattn predict model.joblib X_test.npy -o preds.npy  # saved with np.save
-  skconvexattn predict model.joblib test.npz --proba -o proba.csv
+  skconvexattn predict model.skops test.npz                 # one label per line
+  skconvexattn predict model.skops X_test.npy -o preds.npy  # saved with np.save
+  skconvexattn predict model.skops test.npz --proba -o proba.csv  # header: class names
 
 DATA is an .npz archive (array X, or the one named by --x-key) or an .npy file holding
-X alone, with the token shape the model was fitted on. Only load models you trust:
-joblib files can run code when loaded.
+X alone, with the token shape the model was fitted on. .skops models load after their
+types are checked; joblib/pickle files can run code when loaded and need --trust.
+"""
+
+_TRUST_HELP = (
+    "load a model file that is not a plain .skops model of this package (a joblib/pickle "
+    "file, or foreign types), which can run code: only for files you trust"
+)
+
+_SCORE_EPILOG = """\
+examples:
+  skconvexattn score model.skops test.npz
+  skconvexattn score model.skops X_test.npy y_test.npy --json
+
+Prints the accuracy (the fraction of correctly predicted labels).
 """
 
 _INFO_EPILOG = """\
 examples:
-  skconvexattn info model.joblib
-  skconvexattn info model.joblib --json
+  skconvexattn info model.skops
+  skconvexattn info model.skops --json
 
 Prints the head class, its parameters, the token shape, the classes, the number of
 iterations, the objective, the duality gap (an upper bound on the distance to the
 global optimum), alpha_max_, the number of convex weights, and how many blocks and
 recovered heads/neurons the solution uses.
 """
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not (value >= 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _alpha(text):
+    """``--alpha``: a positive number, or ``auto`` (cross-validation)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or 'auto', got {text!r}"
+        )
+
+
+def _ratio(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _figure_path(text):
+    """``demo --figure``: checked before the five-minute demo fits anything."""
+    if text:
+        parent = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(parent):
+            raise argparse.ArgumentTypeError(
+                f"cannot write the figure {text!r}: directory {parent!r} does not exist"
+            )
+        if os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"cannot write the figure {text!r}: it is a directory")
+    return text
 
 
 def _positive_int(text):
@@ -688,7 +1006,7 @@ def _build_parser():
         help="fit a head on token features (.npz or X.npy y.npy) and save it",
         description=(
             "Fit a convex head on token features X and labels y, certify the solution\n"
-            "with a duality gap, and save the fitted estimator with joblib."
+            "with a duality gap, and save the fitted estimator (.skops)."
         ),
         epilog=_FIT_EPILOG,
         formatter_class=_FORMATTER,
@@ -698,26 +1016,42 @@ def _build_parser():
         help="an .npz file with arrays X and y, or two .npy files X.npy y.npy",
     )
     p.add_argument("--head", required=True, choices=sorted(HEADS), help="which head to fit")
-    p.add_argument(
-        "--alpha", required=True, type=float,
-        help="regularisation strength (> 0), e.g. 1e-3; see alpha_max_ in the output",
+    reg = p.add_mutually_exclusive_group()
+    reg.add_argument(
+        "--alpha", type=_alpha, metavar="A",
+        help="absolute regularisation strength (> 0), or 'auto' to choose it by "
+             "cross-validation (the head's *CV estimator); default: --alpha-ratio",
     )
-    p.add_argument("-o", "--output", required=True, metavar="MODEL",
-                   help="path of the saved model (joblib)")
+    reg.add_argument(
+        "--alpha-ratio", type=_ratio, metavar="R",
+        help="regularisation relative to the data's alpha_max_, in (0, 1] (default: the "
+             f"heads' alpha_ratio, {DEFAULT_ALPHA_RATIO:g})",
+    )
+    p.add_argument("-o", "--output", default="model.skops", metavar="MODEL",
+                   help="path of the saved model (default model.skops; .joblib or .pkl "
+                        "save with joblib, which only loads with --trust)")
+    p.add_argument("--scale", action="store_true",
+                   help="standardise every token feature first (TokenStandardScaler)")
+    p.add_argument("--pca", type=_positive_int, metavar="K",
+                   help="project the tokens on K principal components first (TokenPCA); "
+                        "the saved model is the whole pipeline")
     p.add_argument("--activation", choices=["gated_relu", "linear"],
                    help="gated_relu (default) or linear")
     p.add_argument("--n-gates", type=_positive_int, metavar="N",
                    help="gates of the gated heads (default 8)")
     p.add_argument("--n-tokens", type=_positive_int, metavar="S",
                    help="tokens per row when X is flattened as (n, S * n_features)")
-    p.add_argument("--tol", type=float, help="relative duality gap to stop at (default 1e-4)")
+    p.add_argument("--tol", type=_non_negative_float,
+                   help="relative duality gap to stop at (default 1e-4)")
     p.add_argument("--max-iter", type=_positive_int, metavar="N",
                    help="iteration cap of the solver (default 1000)")
+    p.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
+                   help="stop the solver after this many seconds, like --max-iter")
     p.add_argument("--loss", choices=["log_loss", "squared_error"],
                    help="log_loss (default) or squared_error")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto (default: the GPU when CuPy sees one), cpu or cuda")
-    p.add_argument("--memory-budget", type=float, metavar="GIB",
+    p.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
                    help="GiB for lifted features and weights (default 4)")
     p.add_argument("--random-state", type=int, default=0, metavar="SEED",
                    help="seed of the random gates (default 0)")
@@ -744,9 +1078,28 @@ def _build_parser():
     p.add_argument("-o", "--output", metavar="PREDS",
                    help="write to this file (.npy, or .csv/.txt as text) instead of printing")
     p.add_argument("--proba", action="store_true",
-                   help="class probabilities instead of labels (log_loss models)")
+                   help="class probabilities instead of labels (log_loss models), under a "
+                        "header line of class names")
     p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
+    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
     p.set_defaults(func=_cmd_predict)
+
+    # ---- score
+    p = sub.add_parser(
+        "score",
+        help="accuracy of a saved model on labelled data",
+        description="Print the accuracy of a saved model on labelled token features.",
+        epilog=_SCORE_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
+    p.add_argument("data", nargs="+", metavar="DATA",
+                   help="an .npz file with arrays X and y, or two .npy files X.npy y.npy")
+    p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
+    p.add_argument("--y-key", default="y", metavar="KEY", help="array name of y in an .npz (y)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
+    p.set_defaults(func=_cmd_score)
 
     # ---- info
     p = sub.add_parser(
@@ -758,6 +1111,7 @@ def _build_parser():
     )
     p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
     p.set_defaults(func=_cmd_info)
 
     # ---- demo (unchanged)
@@ -772,18 +1126,25 @@ def _build_parser():
         ),
         epilog="example: skconvexattn demo --n-gates 4 --figure clusters.png",
     )
-    p.add_argument("--alpha", type=float, default=1e-3, help="regularisation (default 1e-3)")
-    p.add_argument("--n-gates", type=int, default=4, help="gates of the gated heads (default 4)")
+    reg = p.add_mutually_exclusive_group()
+    reg.add_argument("--alpha", type=_positive_float, metavar="A",
+                     help="absolute regularisation (default: --alpha-ratio)")
+    reg.add_argument("--alpha-ratio", type=_ratio, metavar="R",
+                     help="regularisation relative to alpha_max_ "
+                          f"(default {DEFAULT_ALPHA_RATIO:g})")
+    p.add_argument("--n-gates", type=_positive_int, default=4,
+                   help="gates of the gated heads (default 4)")
     p.add_argument(
         "--tol",
-        type=float,
+        type=_non_negative_float,
         default=1e-2,
         help="relative duality gap to stop at (default 1e-2; 1e-4 certifies tighter, slower)",
     )
-    p.add_argument("--max-iter", type=int, default=3000, help="solver iteration cap")
+    p.add_argument("--max-iter", type=_positive_int, default=3000, help="solver iteration cap")
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument(
         "--figure",
+        type=_figure_path,
         default="skconvexattn_demo_clusters.png",
         help="token-cluster figure path ('' for none; needs matplotlib)",
     )
@@ -807,8 +1168,16 @@ def main(argv=None):
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
+        if args.figure:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                print(f"{PROG}: error: --figure needs matplotlib (pip install matplotlib), "
+                      "or pass --figure ''", file=sys.stderr)
+                return 1
         demo(
             alpha=args.alpha,
+            alpha_ratio=args.alpha_ratio,
             n_gates=args.n_gates,
             tol=args.tol,
             max_iter=args.max_iter,

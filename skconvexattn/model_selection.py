@@ -8,13 +8,20 @@ split's gates), scores every ``(split, alpha)`` pair on the held-out part, picks
 with the best mean score, and refits the head on all the data at that alpha.
 
 All ``*CV`` classes come from one mechanism: :func:`make_cv_estimator` builds the class for
-a head class, with the head's own parameters (except ``alpha`` and ``warm_start``) next to
+a head class, with the head's own parameters (except ``alpha``, ``alpha_ratio`` and
+``warm_start``) next to
 the path's and the cross-validation's. :func:`regularization_path` fits one warm-started
 path on one data set; the CV estimators call it on every split.
 
-Grid. ``alphas=k`` (an integer) means ``k`` values on a log grid from ``alpha_max_`` of the
-whole training set (the smallest alpha giving the all-zero model, computed once with the
-gates of the whole set) down to ``eps * alpha_max_``. The grid is shared by all the
+Grid. ``alphas=k`` (an integer) means ``k`` values on a log grid of *ratios of*
+``alpha_max_`` from 1 down to ``eps``: ``alphas_ = alpha_max_ * logspace(0, log10(eps), k)``,
+the same ``alpha_ratio`` scale the heads' default regularisation is given in
+(``alpha_ = alpha_ratio * alpha_max_``, see ``docs/alpha.rst``). ``alpha_max_`` is that of
+the whole training set (the smallest alpha giving the all-zero model), computed exactly
+from the gradient at zero with the gates of the whole set
+(:meth:`~skconvexattn.ConvexSelfAttentionClassifier.compute_alpha_max`; no fit). When it
+is 0 (constant tokens) the all-zero model is optimal at every alpha: no path is fitted,
+each split is fitted once (0 iterations) and the refitted head has ``alpha=None``. The grid is shared by all the
 splits, so the selection is the one :class:`~sklearn.model_selection.GridSearchCV` over the
 same alphas and the same splits would make (ties go to the first, i.e. largest, alpha).
 
@@ -103,14 +110,9 @@ def _fit_quietly(est, X, y, sample_weight):
 
 
 def _alpha_max(head, X, y, sample_weight):
-    """``alpha_max_`` of ``head`` on ``(X, y)``, and the fitted all-zero head.
-
-    A fit at an alpha far above any ``alpha_max_`` stops at iteration 0 (its duality gap
-    is zero), so this costs the lifted features and one gradient evaluation.
-    """
-    probe = clone(head).set_params(alpha=1e300, warm_start=True)
-    _fit_quietly(probe, X, y, sample_weight)
-    return float(probe.alpha_max_), probe
+    """``alpha_max`` of ``head`` on ``(X, y)`` from the gradient at zero (no fit; see
+    :meth:`~skconvexattn._base.BaseConvexHead.compute_alpha_max`)."""
+    return float(head.compute_alpha_max(X, y, sample_weight=sample_weight))
 
 
 def regularization_path(
@@ -152,7 +154,13 @@ def regularization_path(
     """
     head = clone(estimator).set_params(warm_start=True)
     if isinstance(alphas, Integral):
-        amax, head = _alpha_max(head, X, y, sample_weight)
+        amax = _alpha_max(head, X, y, sample_weight)
+        if amax <= 0:
+            raise ValueError(
+                "alpha_max of this data is 0: the all-zero model is optimal for every "
+                "alpha (constant or all-zero tokens?), so there is no path to fit. Fit the "
+                "head once, or pass explicit positive alphas."
+            )
         alphas = alpha_grid(amax, alphas, eps)
     else:
         alphas = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
@@ -212,7 +220,36 @@ def _predict_on_path(previous, log_alpha):
     return out
 
 
-def _path_on_split(template, X, y, sw, train, test, alphas, scorer, keep_coefs):
+def _positive_classes(template, y, sw, train, k):
+    """The training indices of split ``k`` whose class has positive total weight there.
+
+    A class whose weight is zero in one split (``sample_weight`` or ``class_weight``
+    zeroes its few samples there) is left out of that split's fits, as
+    :class:`~sklearn.linear_model.LogisticRegressionCV` fits each split on the classes it
+    has; fewer than 2 such classes is an error naming the split.
+    """
+    sw_train = np.ones(len(train)) if sw is None else sw[train]
+    if template.class_weight is not None:
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        sw_train = sw_train * compute_sample_weight(template.class_weight, y[train])
+    classes, enc = np.unique(y[train], return_inverse=True)
+    totals = np.bincount(enc, weights=sw_train, minlength=classes.shape[0])
+    keep = totals > 0
+    if keep.all():
+        return train
+    if np.count_nonzero(keep) < 2:
+        raise ValueError(
+            f"cross-validation split {k}: the training part has positive total weight in "
+            f"{np.count_nonzero(keep)} class(es) only ({[c.item() if isinstance(c, np.generic) else c for c in classes[keep]]}); "
+            "each split needs 2. Use fewer folds (cv), a stratified splitter, or give "
+            "those samples positive sample_weight."
+        )
+    return train[keep[enc]]
+
+
+def _path_on_split(template, X, y, sw, train, test, alphas, scorer, keep_coefs, k=0):
+    train = _positive_classes(template, y, sw, train, k)
     path = regularization_path(
         template,
         X[train],
@@ -227,6 +264,25 @@ def _path_on_split(template, X, y, sw, train, test, alphas, scorer, keep_coefs):
     path.pop("estimator")
     path["classes"] = np.unique(y[train])
     return path
+
+
+def _zero_model_on_split(template, X, y, sw, train, test, alphas, scorer, k):
+    """A split when ``alpha_max`` is 0: one fit, the same model (and score) at every alpha."""
+    train = _positive_classes(template, y, sw, train, k)
+    head = clone(template).set_params(alpha=None)
+    t0 = time.perf_counter()
+    converged = _fit_quietly(head, X[train], y[train], None if sw is None else sw[train])
+    seconds = time.perf_counter() - t0
+    m = len(alphas)
+    return {
+        "n_iter": np.full(m, head.n_iter_),
+        "fit_time": np.full(m, seconds),
+        "objective": np.full(m, head.objective_),
+        "dual_gap": np.full(m, head.dual_gap_),
+        "converged": np.full(m, converged),
+        "scores": np.full(m, scorer(head, X[test], y[test])),
+        "classes": np.unique(y[train]),
+    }
 
 
 def _has_log_loss(est):
@@ -248,12 +304,14 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
     """Base of the ``*CV`` estimators (not for direct use; see :func:`make_cv_estimator`).
 
     Subclasses set ``_head_class``; their constructor takes the path and
-    cross-validation parameters below plus every parameter of the head except ``alpha``
-    and ``warm_start``.
+    cross-validation parameters below plus every parameter of the head except ``alpha``,
+    ``alpha_ratio`` and ``warm_start``.
     """
 
     _head_class = None
     _cv_param_names = ("alphas", "eps", "cv", "scoring", "n_jobs", "refit")
+    #: head parameters the CV estimators do not take: the path sets the alpha
+    _excluded = ("alpha", "alpha_ratio", "warm_start")
     _cv_parameter_constraints: dict = {
         "alphas": [Interval(Integral, 1, None, closed="left"), "array-like"],
         "eps": [Interval(Real, 0, 1, closed="neither")],
@@ -265,7 +323,7 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ helpers
     def _head_params(self):
-        names = [n for n in self._head_class._get_param_names() if n not in ("alpha", "warm_start")]
+        names = [n for n in self._head_class._get_param_names() if n not in self._excluded]
         return {n: getattr(self, n) for n in names}
 
     def _make_head(self, **extra):
@@ -301,8 +359,10 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
         template.set_params(n_tokens=None)  # X3 is 3-D from here on
         scorer = check_scoring(template, scoring=self.scoring)
 
+        amax = None
         if isinstance(self.alphas, Integral):
-            amax, probe = _alpha_max(template, X3, y, sw)
+            # from the gradient at zero of the whole set's program: no fit, no overflow
+            amax = _alpha_max(template, X3, y, sw)
             alphas = alpha_grid(amax, self.alphas, self.eps)
         else:
             alphas = np.asarray(self.alphas, dtype=np.float64).reshape(-1)
@@ -312,15 +372,24 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
                     f"positive finite values; got {self.alphas!r}."
                 )
             alphas = np.sort(alphas)[::-1]
-            probe = None
 
         cv = check_cv(self.cv, y, classifier=True)
         splits = list(cv.split(X3.reshape(n, -1), y))
         keep_coefs = bool(self.refit)
-        paths = Parallel(n_jobs=self.n_jobs)(
-            delayed(_path_on_split)(template, X3, y, sw, train, test, alphas, scorer, keep_coefs)
-            for train, test in splits
-        )
+        if amax == 0:
+            # the all-zero model is optimal at every alpha (constant tokens): no path, one
+            # fit per split (0 iterations), as the head itself does with alpha=None
+            paths = [
+                _zero_model_on_split(template, X3, y, sw, train, test, alphas, scorer, k)
+                for k, (train, test) in enumerate(splits)
+            ]
+        else:
+            paths = Parallel(n_jobs=self.n_jobs)(
+                delayed(_path_on_split)(
+                    template, X3, y, sw, train, test, alphas, scorer, keep_coefs, k
+                )
+                for k, (train, test) in enumerate(splits)
+            )
 
         self.alphas_ = alphas
         self.scores_ = np.stack([p["scores"] for p in paths]).astype(np.float64)
@@ -360,27 +429,23 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             )
 
         if self.refit:
-            best = probe if probe is not None else clone(template).set_params(warm_start=True)
-            best.set_params(alpha=self.alpha_)
-            if probe is not None:
-                classes = np.unique(y)
-                same = [
-                    p["coefs"][self.best_index_]
-                    for p in paths
-                    if np.array_equal(p["classes"], classes)
-                    and p["coefs"][self.best_index_].shape == probe.coef_.shape
-                ]
-                if same:
-                    best.coef_ = np.mean(same, axis=0).astype(probe.coef_.dtype)
-                    best.intercept_ = np.mean(
-                        [
-                            p["intercepts"][self.best_index_]
-                            for p in paths
-                            if np.array_equal(p["classes"], classes)
-                            and p["coefs"][self.best_index_].shape == probe.coef_.shape
-                        ],
-                        axis=0,
-                    ).astype(probe.intercept_.dtype)
+            best = clone(template).set_params(warm_start=True)
+            if amax == 0:
+                best.set_params(alpha=None)  # alpha_ = alpha_ratio * 0: the zero model
+            else:
+                best.set_params(alpha=self.alpha_)
+            classes = np.unique(y)
+            same = [
+                p for p in paths
+                if "coefs" in p and np.array_equal(p["classes"], classes)
+            ]
+            if same:
+                # start from the splits' mean solution (with the whole set's gates)
+                best.classes_ = classes
+                best.coef_ = np.mean([p["coefs"][self.best_index_] for p in same], axis=0)
+                best.intercept_ = np.mean(
+                    [p["intercepts"][self.best_index_] for p in same], axis=0
+                )
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_ZERO_MODEL_MSG, category=UserWarning)
@@ -392,13 +457,16 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             best.token_shape_ = self.token_shape_
             self.best_estimator_ = best
             for attr in (
-                "classes_", "coef_", "intercept_", "gates_", "alpha_max_", "objective_",
+                "classes_", "coef_", "intercept_", "gates_", "objective_",
                 "dual_gap_", "convergence_", "device_",
             ):
                 setattr(self, attr, getattr(best, attr))
         else:
             self.classes_ = np.unique(y)
             self.refit_n_iter_ = 0
+        self.alpha_max_ = (
+            float(amax) if amax is not None else _alpha_max(template, X3, y, sw)
+        )
         # all the solver iterations this fit ran: the paths of every split, and the refit
         self.n_iter_ = int(self.n_iter_path_.sum()) + self.refit_n_iter_
         return self
@@ -468,10 +536,12 @@ _CV_DOC = """{head} with the regularisation strength chosen by cross-validation.
     Parameters
     ----------
     alphas : int or array-like, default=10
-        Number of values on a log grid from ``alpha_max_`` (of the whole training set)
-        down to ``eps * alpha_max_``, or explicit positive values.
+        Number of values on a log grid of ratios of ``alpha_max_`` (of the whole training
+        set) from 1 down to ``eps``, i.e. ``alpha_ratio`` values ``logspace(0, log10(eps),
+        alphas)`` (the scale of the heads' ``alpha_ratio``), or explicit positive
+        absolute values.
     eps : float, default=1e-3
-        Ratio of the smallest to the largest alpha of the grid.
+        Smallest ``alpha_ratio`` of the grid (smallest over largest alpha).
     cv : int, cross-validation generator or iterable, default=None
         As in :class:`~sklearn.model_selection.GridSearchCV` (``None``: 5-fold stratified).
     scoring : str, callable or None, default=None
@@ -488,7 +558,10 @@ _CV_DOC = """{head} with the regularisation strength chosen by cross-validation.
     alphas_ : ndarray of shape (n_alphas,)
         The path, decreasing.
     alpha_ : float
-        Selected alpha: the first (largest) with the best mean score.
+        Selected absolute alpha: the first (largest) with the best mean score
+        (``alpha_ / alpha_max_`` is its ``alpha_ratio``).
+    alpha_max_ : float
+        ``alpha_max`` of the whole training set (from the gradient at zero).
     scores_ : ndarray of shape (n_splits, n_alphas)
         Held-out score of every split and alpha.
     n_iter_path_ : ndarray of shape (n_splits, n_alphas)
@@ -507,8 +580,7 @@ _CV_DOC = """{head} with the regularisation strength chosen by cross-validation.
     best_estimator_ : {head}
         The head refitted on all the data (``refit=True``).
     refit_time_ : float
-    classes_, coef_, intercept_, gates_, alpha_max_, objective_, dual_gap_, convergence_, \
-device_
+    classes_, coef_, intercept_, gates_, objective_, dual_gap_, convergence_, device_
         Those of ``best_estimator_``.
     n_features_in_ : int
     token_shape_ : tuple (n_tokens, n_features)
@@ -529,14 +601,15 @@ def make_cv_estimator(head_class, name=None):
     cls : type
         A subclass of :class:`BaseConvexHeadCV` whose constructor takes ``alphas``,
         ``eps``, ``cv``, ``scoring``, ``n_jobs``, ``refit`` and the head's parameters
-        except ``alpha`` and ``warm_start`` (all keyword arguments with the head's defaults).
+        except ``alpha``, ``alpha_ratio`` and ``warm_start`` (all keyword arguments with
+        the head's defaults).
     """
     name = name or head_class.__name__ + "CV"
     head_sig = inspect.signature(head_class.__init__)
     head_params = [
         p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
         for p in head_sig.parameters.values()
-        if p.name not in ("self", "alpha", "warm_start")
+        if p.name not in ("self", *BaseConvexHeadCV._excluded)
     ]
     P = inspect.Parameter
     params = [
@@ -561,7 +634,11 @@ def make_cv_estimator(head_class, name=None):
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{name}.__init__"
     constraints = {
-        **{k: v for k, v in head_class._parameter_constraints.items() if k not in ("alpha", "warm_start")},
+        **{
+            k: v
+            for k, v in head_class._parameter_constraints.items()
+            if k not in BaseConvexHeadCV._excluded
+        },
         **BaseConvexHeadCV._cv_parameter_constraints,
     }
     doc = _CV_DOC.format(

@@ -151,7 +151,7 @@ class RecoveredNetwork:
         self.gates = {k: np.asarray(v, dtype=np.float64).copy() for k, v in est.gates_.items()}
         self.intercept = np.asarray(est.intercept_, dtype=np.float64).copy()
         self.classes_ = np.asarray(est.classes_).copy()
-        self.alpha = float(est.alpha)
+        self.alpha = float(est.alpha_)
         self.loss = est.loss
         self.class_weight = est.class_weight
         self.token_shape = tuple(int(v) for v in est.token_shape_)

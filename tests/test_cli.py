@@ -10,7 +10,17 @@ import joblib
 import numpy as np
 import pytest
 
-from skconvexattn.cli import main
+from skconvexattn.cli import main, trusted_types
+
+sio = pytest.importorskip("skops.io")
+
+
+def load(path):
+    """A model file the CLI wrote: .skops holding only the package's allowed types."""
+    if str(path).endswith(".joblib"):
+        return joblib.load(path)
+    assert set(sio.get_untrusted_types(file=path)) <= set(trusted_types())
+    return sio.load(path, trusted=trusted_types())
 from skconvexattn.datasets import make_token_clusters
 
 FAST = ["--alpha", "1e-2", "--tol", "1e-3", "--n-gates", "2", "--max-iter", "300"]
@@ -38,7 +48,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_path(data):
-    path = data["dir"] / "model.joblib"
+    path = data["dir"] / "model.skops"
     rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "attention", *FAST,
                "-o", str(path)])
     assert rc == 0
@@ -61,7 +71,7 @@ def _one_line_error(capsys, rc, *needles):
 # ---------------------------------------------------------------------------- round trip
 def test_fit_save_reload_predict_info(data, model_path, capsys, tmp_path):
     capsys.readouterr()
-    est = joblib.load(model_path)
+    est = load(model_path)
     assert type(est).__name__ == "ConvexSelfAttentionClassifier"
     assert est.alpha == 1e-2 and est.n_gates == 2 and est.tol == 1e-3
     assert est.token_shape_ == (4, 3)
@@ -87,8 +97,9 @@ def test_fit_save_reload_predict_info(data, model_path, capsys, tmp_path):
     proba = tmp_path / "proba.csv"
     assert main(["predict", str(model_path), str(data["dir"] / "train.npz"), "--proba",
                  "-o", str(proba)]) == 0
-    np.testing.assert_allclose(np.loadtxt(proba, delimiter=","), est.predict_proba(data["X"]),
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.loadtxt(proba, delimiter=",", skiprows=1),
+                               est.predict_proba(data["X"]), rtol=1e-6, atol=1e-8)
+    assert proba.read_text().splitlines()[0] == "0,1"  # the header names the classes
     capsys.readouterr()
 
     # info: the head class, parameters, token shape, classes and the certificate
@@ -119,13 +130,13 @@ def test_fit_save_reload_predict_info(data, model_path, capsys, tmp_path):
     ("mlp", "ConvexMLPClassifier"),
 ])
 def test_fit_every_head_from_two_npy_files(data, head, cls, tmp_path, capsys):
-    path = tmp_path / f"{head}.joblib"
+    path = tmp_path / f"{head}.skops"
     rc = main(["fit", str(data["dir"] / "X.npy"), str(data["dir"] / "y.npy"), "--head", head,
                "--activation", "gated_relu", *FAST, "--random-state", "3", "-o", str(path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert cls in out and "duality gap" in out and str(path) in out
-    est = joblib.load(path)
+    est = load(path)
     assert type(est).__name__ == cls
     assert est.random_state == 3 and est.activation == "gated_relu"
     assert est.predict(data["X"]).shape == (40,)
@@ -133,12 +144,12 @@ def test_fit_every_head_from_two_npy_files(data, head, cls, tmp_path, capsys):
 
 def test_fit_renamed_keys_flattened_X_and_fno_options(data, tmp_path, capsys):
     """--x-key/--y-key name the arrays; --n-tokens cuts a 2-D X; --n-modes reaches FNO."""
-    path = tmp_path / "fno.joblib"
+    path = tmp_path / "fno.skops"
     rc = main(["fit", str(data["dir"] / "renamed.npz"), "--x-key", "tokens", "--y-key",
                "labels", "--n-tokens", "4", "--head", "fno", "--n-modes", "2", *FAST,
                "-o", str(path)])
     assert rc == 0
-    est = joblib.load(path)
+    est = load(path)
     assert est.token_shape_ == (4, 3) and est.n_modes == 2 and est.n_tokens == 4
     capsys.readouterr()
     # the model fitted on flattened data predicts the 3-D data too
@@ -165,7 +176,8 @@ def test_warnings_are_one_line_on_stderr(data, tmp_path, capsys):
 
 
 def test_predict_and_info_accept_a_saved_pipeline(data, tmp_path, capsys):
-    """A pipeline ending with a head, saved with joblib, works with predict and info."""
+    """A pipeline ending with a head, saved with joblib, works with predict and info, with
+    --trust only; saved with skops, without."""
     from sklearn.pipeline import make_pipeline
 
     from skconvexattn import ConvexMLPClassifier, TokenStandardScaler
@@ -175,12 +187,19 @@ def test_predict_and_info_accept_a_saved_pipeline(data, tmp_path, capsys):
     pipe.fit(data["X"], data["y"])
     path = tmp_path / "pipe.joblib"
     joblib.dump(pipe, path)
-    assert main(["predict", str(path), str(data["dir"] / "X.npy")]) == 0
-    printed = np.array([int(v) for v in capsys.readouterr().out.split()])
+    assert main(["predict", str(path), str(data["dir"] / "X.npy")]) == 1
+    assert "refusing to load" in capsys.readouterr().err
+    assert main(["predict", str(path), str(data["dir"] / "X.npy"), "--trust"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: --trust" in err
+    printed = np.array([int(v) for v in out.split()])
     np.testing.assert_array_equal(printed, pipe.predict(data["X"]))
-    assert main(["info", str(path)]) == 0
+    skops_path = tmp_path / "pipe.skops"
+    sio.dump(pipe, skops_path)
+    assert main(["info", str(skops_path)]) == 0
     out = capsys.readouterr().out
-    assert "TokenStandardScaler -> ConvexMLPClassifier" in out and "dual_gap_" in out
+    assert "TokenStandardScaler (4, 3) -> ConvexMLPClassifier (4, 3)" in out
+    assert "dual_gap_" in out
 
 
 # ---------------------------------------------------------------------------- errors
@@ -206,9 +225,12 @@ def test_fit_errors_are_one_line(data, argv, needles, capsys):
 
 
 def test_fit_bad_parameter_and_output_dir(data, capsys):
-    rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "attention", "--alpha", "-1",
-               "-o", str(data["dir"] / "m.joblib")])
-    _one_line_error(capsys, rc, "alpha")
+    with pytest.raises(SystemExit) as exc:  # checked before the data are read
+        main(["fit", str(data["dir"] / "train.npz"), "--head", "attention", "--alpha", "-1",
+              "-o", str(data["dir"] / "m.skops")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--alpha" in err
     rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "attention", "--alpha", "1",
                "-o", str(data["dir"] / "no_such_dir" / "m.joblib")])
     _one_line_error(capsys, rc, "no_such_dir", "does not exist")
@@ -262,7 +284,7 @@ def test_help_explains_every_command_with_an_example(capsys):
 # ---------------------------------------------------------------------------- python -m
 def test_python_m_skconvexattn_subprocess(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    model = tmp_path / "m.joblib"
+    model = tmp_path / "m.skops"
     run = subprocess.run(
         [sys.executable, "-m", "skconvexattn", "fit", str(data["dir"] / "train.npz"),
          "--head", "mlp", *FAST, "-o", str(model)],
@@ -280,3 +302,172 @@ def test_python_m_skconvexattn_subprocess(data, tmp_path):
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("skconvexattn: error: data file")
+
+
+# ---------------------------------------------------------------------------- safe model files
+class _Payload:
+    """Unpickling this creates a file: what a hostile model file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("command", ["predict", "info", "score"])
+@pytest.mark.parametrize("suffix", [".joblib", ".pkl", ".skops"])
+def test_a_crafted_pickle_never_runs(data, tmp_path, capsys, command, suffix):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / f"evil{suffix}"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    argv = [command, str(evil)] + ([str(data["dir"] / "train.npz")] if command != "info" else [])
+    line = _one_line_error(capsys, main(argv), "refusing to load", "--trust")
+    assert not marker.exists(), line
+    assert "evil" in line
+
+
+class ForeignEstimator:
+    """A type outside the package's list, saved with skops."""
+
+    def __init__(self):
+        self.coef_ = np.zeros(2)
+
+    def predict(self, X):  # pragma: no cover - never called
+        return X
+
+    def get_params(self, deep=True):  # pragma: no cover
+        return {}
+
+
+def test_skops_file_with_foreign_types_needs_trust(data, tmp_path, capsys):
+    path = tmp_path / "foreign.skops"
+    sio.dump({"model": ForeignEstimator()}, path)
+    line = _one_line_error(capsys, main(["info", str(path)]), "refusing to load",
+                           "ForeignEstimator", "--trust")
+    assert "test_cli" in line
+
+
+@pytest.mark.parametrize("estimator", ["head", "cv", "pipeline"])
+def test_every_saved_estimator_has_no_untrusted_types_left(data, tmp_path, estimator):
+    from sklearn.pipeline import make_pipeline
+
+    from skconvexattn import ConvexFNOClassifierCV, ConvexMixerClassifier, TokenPCA
+
+    est = {
+        "head": ConvexMixerClassifier(n_gates=2, max_iter=20, tol=1e-2),
+        "cv": ConvexFNOClassifierCV(alphas=2, cv=2, n_gates=2, max_iter=20, tol=1e-2),
+        "pipeline": make_pipeline(TokenPCA(2), ConvexMixerClassifier(n_gates=2, max_iter=20)),
+    }[estimator]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(data["X"], data["y"])
+    path = tmp_path / "m.skops"
+    sio.dump(est, path)
+    assert set(sio.get_untrusted_types(file=path)) <= set(trusted_types())
+    back = sio.load(path, trusted=trusted_types())
+    np.testing.assert_array_equal(back.predict(data["X"]), est.predict(data["X"]))
+
+
+# ---------------------------------------------------------------------------- fit options
+def test_fit_writes_skops_by_default_with_the_default_alpha_ratio(data, tmp_path, capsys,
+                                                                 monkeypatch):
+    from skconvexattn._base import DEFAULT_ALPHA_RATIO
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "mlp", "--n-gates", "2",
+               "--tol", "1e-3"])
+    assert rc == 0
+    est = load(tmp_path / "model.skops")
+    assert est.alpha is None and est.alpha_ratio == DEFAULT_ALPHA_RATIO
+    assert est.alpha_ == pytest.approx(DEFAULT_ALPHA_RATIO * est.alpha_max_)
+    assert f"alpha_ / alpha_max_ = {DEFAULT_ALPHA_RATIO:.3g}" in capsys.readouterr().out
+
+
+def test_fit_alpha_ratio_auto_scale_pca_and_score(data, tmp_path, capsys):
+    path = tmp_path / "ratio.skops"
+    assert main(["fit", str(data["dir"] / "train.npz"), "--head", "mlp", "--n-gates", "2",
+                 "--alpha-ratio", "0.05", "-o", str(path)]) == 0
+    est = load(path)
+    assert est.alpha_ == pytest.approx(0.05 * est.alpha_max_)
+
+    path = tmp_path / "auto.skops"
+    assert main(["fit", str(data["dir"] / "train.npz"), "--head", "mlp", "--n-gates", "2",
+                 "--alpha", "auto", "--scale", "--pca", "2", "--tol", "1e-3",
+                 "-o", str(path)]) == 0
+    assert "chosen by cross-validation" in capsys.readouterr().out
+    pipe = load(path)
+    assert [type(s).__name__ for _, s in pipe.steps] == [
+        "TokenStandardScaler", "TokenPCA", "ConvexMLPClassifierCV"]
+    assert pipe.steps[-1][1].best_estimator_.token_shape_ == (4, 2)
+
+    assert main(["score", str(path), str(data["dir"] / "train.npz"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == pytest.approx(pipe.score(data["X"], data["y"]))
+    assert result["n_samples"] == 40
+
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(4, 3): 4 tokens x 3 features" in out and "ConvexMLPClassifierCV (4, 2)" in out
+
+    assert main(["predict", str(path), str(data["dir"] / "train.npz"), "--proba"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["0", "1"] and len(lines) == 41
+
+
+def test_fit_rejects_pca_wider_than_the_tokens(data, capsys):
+    rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "mlp", "--pca", "5",
+               "-o", str(data["dir"] / "unused.skops")])
+    _one_line_error(capsys, rc, "--pca 5", "3 features")
+
+
+def test_out_of_memory_message_points_to_pca(data, capsys):
+    rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "attention",
+               "--memory-budget", "1e-7", "-o", str(data["dir"] / "unused.skops")])
+    _one_line_error(capsys, rc, "memory_budget", "--pca K")
+
+
+def test_ctrl_c_saves_the_iterate_with_its_certificate(data, tmp_path, capsys, monkeypatch):
+    import skconvexattn._solver as solver_module
+
+    calls = {"n": 0}
+    prox = solver_module.BlockNuclearNorm.prox
+
+    def interrupted_prox(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return prox(self, *args, **kwargs)
+
+    monkeypatch.setattr(solver_module.BlockNuclearNorm, "prox", interrupted_prox)
+    path = tmp_path / "interrupted.skops"
+    rc = main(["fit", str(data["dir"] / "train.npz"), "--head", "attention", "--n-gates", "2",
+               "--alpha-ratio", "1e-3", "--tol", "1e-10", "-o", str(path)])
+    assert rc == 130
+    out = capsys.readouterr().out
+    assert "interrupted" in out and "saved" in out
+    est = load(path)
+    assert est.interrupted_ and 0 < est.n_iter_ < 30
+    assert np.isfinite(est.dual_gap_) and est.dual_gap_ > 0
+    assert est.convergence_["iteration"][-1] == est.n_iter_
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--alpha", "-1"], "--alpha"),
+    (["--n-gates", "0"], "--n-gates"),
+    (["--tol", "-5"], "--tol"),
+    (["--max-iter", "0"], "--max-iter"),
+    (["--alpha-ratio", "2"], "--alpha-ratio"),
+    (["--figure", "/nonexistent/dir/fig.png"], "/nonexistent/dir"),
+])
+def test_demo_checks_its_arguments_first(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert "Traceback" not in err

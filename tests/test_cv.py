@@ -51,7 +51,7 @@ def test_sklearn_compatible(estimator, check):
 def test_one_mechanism_for_every_head(cls):
     head = cls._head_class
     assert issubclass(cls, ms.BaseConvexHeadCV)
-    head_params = set(head._get_param_names()) - {"alpha", "warm_start"}
+    head_params = set(head._get_param_names()) - {"alpha", "alpha_ratio", "warm_start"}
     cv_params = {"alphas", "eps", "cv", "scoring", "n_jobs", "refit"}
     assert set(cls._get_param_names()) == head_params | cv_params
     # the head's defaults are the CV class's defaults

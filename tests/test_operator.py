@@ -46,6 +46,7 @@ def test_plan_memory_materialises_chunks_and_refuses():
     big = plan_memory(10**6, 10**4, 10**5, 8, 2 * 10**4, 4.0, "Head", "d")
     assert not big.materialised and 1 <= big.chunk_rows < 10**6
     # chunks respect the budget
-    assert big.chunk_rows * (10**4 + 2 * 10**4) * 8 <= 4.0 * GiB / 2
+    assert big.chunk_rows * (10**4 + 2 * 10**4) * 8 <= 4.0 * GiB
+    assert big.peak_bytes <= 4.0 * GiB and small.peak_bytes <= 4.0 * GiB
     with pytest.raises(ValueError, match=r"memory_budget=0.001 GiB.*Reduce d"):
         plan_memory(10, 10**6, 10**6, 8, 0, 0.001, "Head", "d")

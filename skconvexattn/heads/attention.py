@@ -31,7 +31,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, _active_order, sign_pattern_clusters
+from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order, sign_pattern_clusters
 from .._gates import hyperplane_gates, prototype_gates
 from .._factored_ops import AttentionFactorOperator
 from .._padding import split_padding
@@ -125,12 +125,18 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float, default=1e-3
-        Regularisation strength (> 0): weight of ``sum_p ||Z_p||_*``, equivalently of the
+    alpha : float or None, default=None
+        Absolute regularisation strength (> 0); ``None`` (default) uses
+        ``alpha_ratio * alpha_max_`` of the training data. It weighs
+        ``sum_p ||Z_p||_*``, equivalently the
         weight decay ``alpha/2 * sum_j (||W_1j||^2 + ||W_2j||^2)`` of the non-convex network.
         The data term is a mean over samples, so ``alpha`` does not scale with
         ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
         model.
+    alpha_ratio : float in (0, 1], default=0.1
+        Used when ``alpha=None``: the regularisation relative to the training data's
+        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
+        over between data sets of any scale (``docs/alpha.rst``).
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: linear attention, one block. ``"gated_relu"``: ``n_gates`` random
         hyperplane gates; token ``t`` attends to token ``t'`` through gate ``p`` only when
@@ -168,6 +174,9 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
         ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the factored
         solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
+    max_time : float or None, default=None
+        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
+        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
     device : {"auto", "cpu", "cuda"}, default="auto"
         ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
     n_tokens : int, default=None
@@ -203,7 +212,11 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         Duality gap of the returned solution: an upper bound on its suboptimality.
     objective_ : float
         Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
+    alpha_ : float
+        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
     alpha_max_ : float
+        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
+        (:meth:`compute_alpha_max` gives it without a fit).
     convergence_ : dict
         ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
     token_shape_ : tuple (n_tokens, n_features)
@@ -252,6 +265,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     }
 
     _head_name = "self-attention"
+    _degree = 3  # the lifted features X_i^T D X_i x X_i are cubic in X
     _reduce_hint = (
         "n_features (d; lifted features grow as d**3 — put TokenPCA before the head) "
         "or n_gates"
@@ -259,8 +273,9 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     def __init__(
         self,
-        alpha=1e-3,
+        alpha=None,
         *,
+        alpha_ratio=DEFAULT_ALPHA_RATIO,
         activation="gated_relu",
         n_gates=8,
         gate_init="random",
@@ -270,6 +285,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         tol=1e-4,
         tol_scale="objective",
         solver="auto",
+        max_time=None,
         device="auto",
         n_tokens=None,
         class_weight=None,
@@ -279,6 +295,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         warm_start=False,
     ):
         self.alpha = alpha
+        self.alpha_ratio = alpha_ratio
         self.activation = activation
         self.n_gates = n_gates
         self.gate_init = gate_init
@@ -288,6 +305,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         self.tol = tol
         self.tol_scale = tol_scale
         self.solver = solver
+        self.max_time = max_time
         self.device = device
         self.n_tokens = n_tokens
         self.class_weight = class_weight

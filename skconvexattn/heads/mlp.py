@@ -26,7 +26,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, _active_order
+from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
 from .._gates import hyperplane_gates, prototype_gates
 from .._operator import GatedTokenOperator
 from .._padding import split_padding
@@ -99,12 +99,18 @@ class ConvexMLPClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float, default=1e-3
-        Regularisation strength (> 0): weight of ``sum_p ||Z_p||_*``, equivalently of the
+    alpha : float or None, default=None
+        Absolute regularisation strength (> 0); ``None`` (default) uses
+        ``alpha_ratio * alpha_max_`` of the training data. It weighs
+        ``sum_p ||Z_p||_*``, equivalently the
         weight decay ``alpha/2 * sum_j (||w_1j||^2 + ||w_2j||^2)`` of the non-convex network.
         The data term is a mean over samples, so ``alpha`` does not scale with
         ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
         model.
+    alpha_ratio : float in (0, 1], default=0.1
+        Used when ``alpha=None``: the regularisation relative to the training data's
+        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
+        over between data sets of any scale (``docs/alpha.rst``).
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: a linear model on the mean token ``xbar_i`` (one block, trace-norm
         penalised). ``"gated_relu"``: ``n_gates`` random hyperplane gates; neuron group
@@ -131,6 +137,9 @@ class ConvexMLPClassifier(BaseConvexHead):
         model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
         nearly interpolates, so certifying takes far fewer iterations at small alpha).
         ``convergence_`` reports the gap relative to both.
+    max_time : float or None, default=None
+        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
+        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
     device : {"auto", "cpu", "cuda"}, default="auto"
         ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
     n_tokens : int, default=None
@@ -166,7 +175,11 @@ class ConvexMLPClassifier(BaseConvexHead):
         Duality gap of the returned solution: an upper bound on its suboptimality.
     objective_ : float
         Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
+    alpha_ : float
+        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
     alpha_max_ : float
+        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
+        (:meth:`compute_alpha_max` gives it without a fit).
     convergence_ : dict
         ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
     token_shape_ : tuple (n_tokens, n_features)
@@ -222,8 +235,9 @@ class ConvexMLPClassifier(BaseConvexHead):
 
     def __init__(
         self,
-        alpha=1e-3,
+        alpha=None,
         *,
+        alpha_ratio=DEFAULT_ALPHA_RATIO,
         activation="gated_relu",
         n_gates=8,
         gate_init="random",
@@ -232,6 +246,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         max_iter=1000,
         tol=1e-4,
         tol_scale="objective",
+        max_time=None,
         device="auto",
         n_tokens=None,
         class_weight=None,
@@ -241,6 +256,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         warm_start=False,
     ):
         self.alpha = alpha
+        self.alpha_ratio = alpha_ratio
         self.activation = activation
         self.n_gates = n_gates
         self.gate_init = gate_init
@@ -249,6 +265,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         self.max_iter = max_iter
         self.tol = tol
         self.tol_scale = tol_scale
+        self.max_time = max_time
         self.device = device
         self.n_tokens = n_tokens
         self.class_weight = class_weight

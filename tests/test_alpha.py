@@ -1,0 +1,104 @@
+"""Regularisation that travels (issue #14 item 1): ``alpha=None`` with ``alpha_ratio``,
+the fitted absolute ``alpha_``, ``compute_alpha_max`` and the ``*CV`` grid in ratios."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from _estimators import HEAD_CLASSES, estimator_params
+from skconvexattn import ConvexMLPClassifierCV, ConvexSelfAttentionClassifierCV
+from skconvexattn._base import DEFAULT_ALPHA_RATIO
+from skconvexattn.datasets import make_token_clusters
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_token_clusters(n_samples=60, random_state=0, return_X_y=True)
+
+
+def small(cls, **kw):
+    return cls(n_gates=2, random_state=0, **kw)
+
+
+@pytest.mark.parametrize("cls", estimator_params(HEAD_CLASSES))
+def test_default_alpha_is_a_ratio_of_alpha_max(cls, data):
+    X, y = data
+    est = cls()
+    assert est.alpha is None and est.alpha_ratio == DEFAULT_ALPHA_RATIO
+    est = small(cls, alpha_ratio=0.05, tol=1e-6).fit(X, y)
+    assert est.alpha_ == pytest.approx(0.05 * est.alpha_max_, rel=1e-12)
+    # the same program as the absolute alpha it resolves to
+    absolute = small(cls, alpha=est.alpha_, tol=1e-6).fit(X, y)
+    assert absolute.alpha_ == est.alpha_
+    assert absolute.objective_ == pytest.approx(est.objective_, rel=1e-6)
+    np.testing.assert_allclose(absolute.predict_proba(X), est.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", estimator_params(HEAD_CLASSES))
+def test_alpha_ratio_travels_across_scales_and_absolute_alpha_does_not(cls, data):
+    """The programs are homogeneous in X: a ratio gives the same model on t * X."""
+    X, y = data
+    a = small(cls, tol=1e-8, max_iter=5000).fit(X, y)
+    b = small(cls, tol=1e-8, max_iter=5000).fit(7.0 * X, y)
+    assert b.alpha_max_ / a.alpha_max_ == pytest.approx(7.0 ** cls._degree, rel=1e-8)
+    assert b.objective_ == pytest.approx(a.objective_, rel=1e-6)
+    np.testing.assert_allclose(b.predict_proba(7.0 * X), a.predict_proba(X), atol=1e-5)
+    # the absolute alpha of the first fit means something else on 7 X
+    c = small(cls, alpha=a.alpha_, tol=1e-8, max_iter=5000).fit(7.0 * X, y)
+    assert abs(c.objective_ - a.objective_) > 1e-3 * a.objective_
+
+
+@pytest.mark.parametrize("cls", estimator_params(HEAD_CLASSES))
+def test_alpha_and_ratio_are_validated(cls, data):
+    X, y = data
+    for params, name in [({"alpha_ratio": 0.0}, "alpha_ratio"), ({"alpha_ratio": 1.5},
+                         "alpha_ratio"), ({"alpha": 0.0}, "alpha"), ({"alpha": -1.0}, "alpha"),
+                         ({"max_time": 0.0}, "max_time")]:
+        with pytest.raises(ValueError, match=f"'{name}' parameter"):
+            small(cls, **params).fit(X, y)
+        with pytest.raises(ValueError, match=f"'{name}' parameter"):
+            small(cls, **params).compute_alpha_max(X, y)
+
+
+def test_ratio_one_is_the_zero_model(data):
+    X, y = data
+    cls = HEAD_CLASSES[0]
+    est = small(cls, alpha_ratio=1.0).fit(X, y)
+    assert est.n_iter_ == 0 and np.all(est.coef_ == 0)
+
+
+def test_compute_alpha_max_sees_weights_and_class_weight(data):
+    X, y = data
+    cls = HEAD_CLASSES[3]
+    sw = np.linspace(0.5, 2.0, len(y))
+    est = small(cls)
+    for kwargs, params in [({"sample_weight": sw}, {}), ({}, {"class_weight": {0: 1, 1: 3}})]:
+        est.set_params(**params)
+        amax = est.compute_alpha_max(X, y, **kwargs)
+        fitted = clone(est).fit(X, y, **kwargs)
+        assert fitted.alpha_max_ == pytest.approx(amax, rel=1e-12)
+    assert est.compute_alpha_max(X, y) != est.compute_alpha_max(X, y, sample_weight=sw)
+
+
+def test_grid_search_over_alpha_ratio(data):
+    X, y = data
+    cls = HEAD_CLASSES[3]
+    search = GridSearchCV(small(cls, tol=1e-3), {"alpha_ratio": [0.3, 0.03]}, cv=2).fit(X, y)
+    best = search.best_estimator_
+    assert best.alpha_ == pytest.approx(best.alpha_ratio * best.alpha_max_)
+
+
+@pytest.mark.parametrize("cls", [ConvexSelfAttentionClassifierCV, ConvexMLPClassifierCV])
+def test_cv_grid_is_in_ratios_of_alpha_max(cls, data):
+    X, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cv = small(cls, alphas=4, eps=1e-2, cv=2, tol=1e-3).fit(X, y)
+    np.testing.assert_allclose(cv.alphas_ / cv.alpha_max_, np.logspace(0, -2, 4))
+    head = cv.best_estimator_
+    assert cv.alpha_max_ == pytest.approx(head.compute_alpha_max(X, y), rel=1e-12)
+    assert head.alpha_ == pytest.approx(cv.alpha_)
+    assert "alpha_ratio" not in cls().get_params()
