@@ -112,6 +112,8 @@ def _same_gate_key(old, new):
 # the factored path keeps ``coef_`` (the blocks ``U V^T``) only up to this many weights;
 # beyond, the fitted heads live in ``factors_`` alone
 _MATERIALISE_MAX = 2**24
+# heads per block the factored path's memory plan provides for
+_PLAN_HEADS = 8
 
 
 def _has_log_loss(est):
@@ -501,27 +503,52 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Floats of scratch memory per sample of one factored product with ``r`` heads."""
         return 0
 
+    def _factored_bytes(self, n, s, d, c, itemsize, heads=_PLAN_HEADS):
+        """Memory of the factored solver with ``heads`` heads per block: the tokens (and
+        their zero-padded copy), the per-sample gate data, and the L-BFGS state (2 x 10
+        curvature pairs and about 8 more copies of the factors)."""
+        a_shape = self._factor_a_shape(s, d)
+        if a_shape is None:
+            return math.inf
+        P = self._n_blocks()
+        factors = P * heads * (math.prod(a_shape) + d * c)
+        data = n * s * d * 2 + n * P * (2 * d + s)
+        return itemsize * (28 * factors + data + self._factor_scratch(s, d, c, heads))
+
     def _choose_solver(self, n, s, d, c, dtype):
         """``"fista"`` (lifted features) or ``"factored"``, from the ``solver`` parameter.
 
         ``"auto"`` (the cost model, see ``docs/factored.rst``) takes the factored path when
         the lifted features would not be kept in memory (FISTA would recompute them at
-        every product, or could not run at all); otherwise FISTA, whose iterations are
-        cheap once the features are materialised.
+        every product, or could not run at all) and the factored solver fits in
+        ``memory_budget`` with a few heads per block; otherwise FISTA, whose iterations
+        are cheap once the features are materialised (and which refuses, with what to
+        reduce, a problem too large for both).
         """
         solver = getattr(self, "solver", "fista")
+        itemsize = np.dtype(dtype).itemsize
+        budget = self.memory_budget * 1024**3
+        need = self._factored_bytes(n, s, d, c, itemsize)
+        if solver == "factored":
+            if need > budget:
+                raise ValueError(
+                    f"{type(self).__name__}: the factored solver needs about "
+                    f"{need / 1024**3:.3g} GiB for {_PLAN_HEADS} heads per gate, more than "
+                    f"memory_budget={self.memory_budget:g} GiB. Reduce {self._reduce_hint}, "
+                    "or raise memory_budget if the machine has the memory."
+                )
+            return solver
         if solver != "auto":
             return solver
         P, R, L = self._block_shape(s, d)
         try:
             plan = plan_memory(
-                n, P * R * L, P * R * L * c, np.dtype(dtype).itemsize,
-                self._work_per_sample(s, d), self.memory_budget, type(self).__name__,
-                self._reduce_hint,
+                n, P * R * L, P * R * L * c, itemsize, self._work_per_sample(s, d),
+                self.memory_budget, type(self).__name__, self._reduce_hint,
             )
         except ValueError:
-            return "factored"
-        return "fista" if plan.materialised else "factored"
+            return "factored" if need <= budget else "fista"  # fista states the refusal
+        return "fista" if plan.materialised or need > budget else "factored"
 
     def _factored_setup(self, gates, X, Y, w, datafit, c):
         """The factor operator of ``X`` and ``alpha_max`` from the spectra of the

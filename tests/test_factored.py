@@ -305,3 +305,15 @@ def test_factored_warm_start():
     assert abs(est.objective_ - cold.objective_) <= est.dual_gap_ + cold.dual_gap_ + 1e-12
     assert est.n_iter_ < cold.n_iter_
     assert cold_iter > 0 and obj > est.objective_
+
+
+def test_factored_refuses_beyond_budget():
+    """The factored path plans its memory too: a problem whose heads alone exceed the
+    budget is refused before anything large is allocated, naming memory_budget."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 3, 200))
+    y = np.array([0, 1, 0, 1])
+    est = ConvexSelfAttentionClassifier(solver="factored", memory_budget=0.01)
+    with pytest.raises(ValueError, match=r"factored solver needs about .* memory_budget=0.01"):
+        est.fit(X, y)
+    assert not hasattr(est, "gates_")
