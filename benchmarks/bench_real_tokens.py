@@ -311,6 +311,7 @@ def _extra_args(p):
 
 def _load(name, cfg, args, seed=0):
     if name == "sst2_384" and not cfg["embed"]:
+        D._need(D.data_dir(args.data_dir) / D.SST2_FILE)  # absent data: that message first
         cache = D.CACHE / "sst2_minilm_s32_d384.npz"
         if not cache.is_file():
             raise D.DataUnavailable(f"{cache} is not cached yet and --size {args.size} does not "
