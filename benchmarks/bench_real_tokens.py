@@ -65,11 +65,15 @@ SIZES = {
                  max_iter=60, datasets=("digits", "sst2"), embed=False,
                  adam_datasets=("digits", "sst2"), lrs=(1e-2,), batch_sizes=(None, 32),
                  seeds=(0,), adam_steps=20, budget=1.0, budget_factor=5.0, per_dataset={}),
-    "quick": dict(n_train=300, n_test=None, n_gates=8, n_alphas=4, eps=1e-2, select_iter=200,
-                  max_iter=500, datasets=("sst2", "sst2_384", "fashion", "digits"), embed=True,
+    "quick": dict(n_train=300, n_test=None, n_gates=8, n_alphas=3, eps=1e-2, select_iter=100,
+                  max_iter=400, datasets=("sst2", "sst2_384", "fashion", "digits"), embed=True,
                   adam_datasets=("sst2",), lrs=(1e-3, 1e-2), batch_sizes=(None, 64),
-                  seeds=(0,), adam_steps=10**6, budget=15.0, budget_factor=10.0,
-                  per_dataset={"sst2_384": dict(n_train=200, n_alphas=3, select_iter=30, max_iter=60)}),
+                  seeds=(0,), adam_steps=10**6, budget=10.0, budget_factor=10.0,
+                  # 49 tokens (Fashion) and 384 features: today's lifted Mixer features are
+                  # 1.8 and 12 MB per sample, recomputed chunk by chunk at 384
+                  per_dataset={"fashion": dict(n_train=200, select_iter=50, max_iter=150),
+                               "sst2_384": dict(n_train=100, n_alphas=2, select_iter=20,
+                                                max_iter=40)}),
     "full": dict(n_train=None, n_test=None, n_gates=8, n_alphas=8, eps=1e-3, select_iter=2000,
                  max_iter=20000, datasets=("sst2", "sst2_384", "fashion", "digits"), embed=True,
                  adam_datasets=("sst2", "sst2_384", "fashion", "digits"),
@@ -143,9 +147,8 @@ def _mean_token_reference(Xtr, ytr, Xte, yte):
 # ----------------------------------------------------------------------------- alpha
 def select_alpha(name, base, X, y, cfg, seed=0):
     """The alpha a validation split prefers on ``n_alphas`` ratios of ``alpha_max_``."""
-    from sklearn.model_selection import train_test_split
-
     from sklearn.base import clone
+    from sklearn.model_selection import train_test_split
 
     from skconvexattn.model_selection import alpha_grid, regularization_path
 
@@ -183,8 +186,8 @@ def timed_fit(name, base, solver, X, y, Xte, yte, alpha, null, f_est, max_iter):
         scale = {"tol": gap_target / f_est}
     params = {**base, **scale, "alpha": alpha, "max_iter": max_iter, "solver": solver}
     est = _make(C.head_class(name), params)
-    row = {"solver": solver, "tol": params["tol"], "tol_scale": params.get("tol_scale", "objective")
-           if "tol_scale" in est.get_params() else "objective (tol_scale absent)"}
+    row = {"solver": solver, "tol": params["tol"],
+           "tol_scale": params.get("tol_scale", "objective")}
     if solver != "fista" and "solver" not in est.get_params():
         row["skipped"] = "the installed head has no solver parameter"
         return row, None
@@ -212,7 +215,8 @@ def timed_fit(name, base, solver, X, y, Xte, yte, alpha, null, f_est, max_iter):
         "gap_over_null": float(est.dual_gap_ / null_fit), "null_loss": null_fit,
         "null_from": "null_objective_" if hasattr(est, "null_objective_") else "class prior",
         "train_accuracy": float(est.score(X, y)), "test_accuracy": float(est.score(Xte, yte)),
-        "solver_used": getattr(est, "solver_", solver), "memory_plan": getattr(est, "memory_plan_", None),
+        "solver_used": getattr(est, "solver_", solver),
+        "memory_plan": getattr(est, "memory_plan_", None),
         "n_heads": int(est.to_nonconvex().n_heads),
     })
     return row, est
@@ -303,7 +307,8 @@ def adam_compare(torch, est, X, y, cfg, t_ours, seed_base=0):
 
 # ----------------------------------------------------------------------------- main
 def _extra_args(p):
-    p.add_argument("--datasets", default=None, help=f"comma-separated, among {','.join(D.DATASETS)}")
+    p.add_argument("--datasets", default=None,
+                   help=f"comma-separated, among {','.join(D.DATASETS)}")
     p.add_argument("--solvers", default=None, help="comma-separated, among fista,factored,auto")
     p.add_argument("--data-dir", default=None, help="real data folder (default ../shared/data)")
     p.add_argument("--no-adam", action="store_true", help="skip the Adam comparison")
@@ -345,6 +350,15 @@ def main(argv=None):
         torch = None
     nan_ok = D.nan_padding_supported()
     results, rows, adam_rows, skipped = {}, [], [], {}
+
+    def payload(complete):
+        return {"complete": complete, "config": cfg, "datasets": datasets, "solvers": solvers,
+                "heads": args.heads, "nan_padding_supported": nan_ok, "criteria": {
+                    "relative": f"dual_gap <= {REL_TOL:g} * objective",
+                    "certified": f"dual_gap <= {NULL_TOL:g} * null loss (intercept-only model)",
+                    "adam": f"objective <= f* (1 + {ADAM_REL:g})"},
+                "skipped": skipped, "results": results, "table": rows, "adam_table": adam_rows}
+
     for ds in datasets:
         dcfg = {**cfg, **cfg["per_dataset"].get(ds, {})}
         try:
@@ -366,7 +380,8 @@ def main(argv=None):
             except (ValueError, MemoryError) as exc:
                 hres["refused"] = _refusal(exc)
                 entry["heads"][head] = hres
-                rows.append({"data": ds, "head": head, "solver": "-", "note": "refused (memory)" if "memory" in hres["refused"] else "refused"})
+                note = "refused (memory)" if "memory" in hres["refused"] else "refused"
+                rows.append({"data": ds, "head": head, "solver": "-", "note": note})
                 print(f"[{ds}/{head}] refused: {hres['refused']}", flush=True)
                 continue
             hres["alpha_selection"] = sel
@@ -384,7 +399,8 @@ def main(argv=None):
             ref = hres["solvers"].get("fista", {})
             for solver, r in hres["solvers"].items():
                 if "fit_s" in r and "fit_s" in ref:
-                    r["speedup_vs_fista_cert"] = C.ratio(ref["time_cert_1e-4null"], r["time_cert_1e-4null"])
+                    r["speedup_vs_fista_cert"] = C.ratio(ref["time_cert_1e-4null"],
+                                                         r["time_cert_1e-4null"])
                     r["speedup_vs_fista_rel"] = C.ratio(ref["time_rel_1e-3"], r["time_rel_1e-3"])
                 rows.append({"data": ds, "head": head, "solver": solver, "alpha/amax": sel["ratio"],
                              **{k: r.get(k, "") for k in ("time_rel_1e-3", "iter_rel_1e-3",
@@ -401,7 +417,8 @@ def main(argv=None):
                     fits = {s: hres["solvers"][s] for s in ests}
                     s_best = min(fits, key=lambda s: (not fits[s]["certified"],
                                                       fits[s]["time_cert_1e-4null"], fits[s]["dual_gap"]))
-                    a = adam_compare(torch, ests[s_best], Xtr, ytr, dcfg, fits[s_best]["time_cert_1e-4null"])
+                    a = adam_compare(torch, ests[s_best], Xtr, ytr, dcfg,
+                                     fits[s_best]["time_cert_1e-4null"])
                     a.update(against_solver=s_best, ours_certified=fits[s_best]["certified"])
                     hres["adam"] = a
                     adam_rows.append({"data": ds, "head": head, "ours": s_best,
@@ -415,24 +432,21 @@ def main(argv=None):
                                       "heads": a["n_heads"], "note": a.get("skipped", "")[:40]})
             entry["heads"][head] = hres
         results[ds] = entry
+        if len(results) < len(datasets):  # long runs: keep what is done so far
+            C.write_json(args, NAME, payload(complete=False))
     cols = ["data", "head", "solver", "alpha/amax", "time_rel_1e-3", "iter_rel_1e-3",
             "time_cert_1e-4null", "iter_cert_1e-4null", "test_accuracy", "objective", "rel_gap",
             "speedup_vs_fista_cert", "note"]
     C.table(rows, cols, title=f"real tokens ({args.size}): seconds and iterations to gap <= 1e-3 x "
                               "objective and to gap <= 1e-4 x null loss")
     if adam_rows:
-        C.table(adam_rows, ["data", "head", "ours", "certified", "ours_cert_s", "adam_best_s", "reaching",
+        C.table(adam_rows, ["data", "head", "ours", "certified", "ours_cert_s", "adam_best_s",
+                            "reaching",
                             "speedup", "adam_excess", "below_bound", "heads", "note"],
                 title=f"vs Adam (time to within {ADAM_REL:g} of the certified objective)")
     for ds, msg in skipped.items():
         print(f"skipped {ds}: {msg}")
-    payload = {"config": cfg, "datasets": datasets, "solvers": solvers, "heads": args.heads,
-               "nan_padding_supported": nan_ok, "criteria": {
-                   "relative": f"dual_gap <= {REL_TOL:g} * objective",
-                   "certified": f"dual_gap <= {NULL_TOL:g} * null loss (intercept-only model)",
-                   "adam": f"objective <= f* (1 + {ADAM_REL:g})"},
-               "skipped": skipped, "results": results, "table": rows, "adam_table": adam_rows}
-    return C.write_json(args, NAME, payload)
+    return C.write_json(args, NAME, payload(complete=True))
 
 
 if __name__ == "__main__":
