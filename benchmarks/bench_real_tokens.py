@@ -56,6 +56,7 @@ ADAM_HEADS = ("attention", "mixer")
 REL_TOL = 1e-3  # gap <= REL_TOL * objective
 NULL_TOL = 1e-4  # gap <= NULL_TOL * null loss: certified
 ADAM_REL = 1e-3  # Adam within this of f*
+INIT_SPREAD = 0.1  # standard deviation of Adam's initial logits
 SIZES = {
     # n_train / n_test: rows kept (None: all); n_alphas ratios of alpha_max_ from 1 down to
     # eps, each path fit capped at select_iter; max_iter: cap of the timed fit; Adam: the
@@ -272,11 +273,17 @@ def adam_compare(torch, est, X, y, cfg, t_ours, seed_base=0):
                     module.W1.copy_(W1)
                     module.W2.copy_(W2)
                     module.intercept.zero_()
-                    # scale both factors so the initial logits have unit spread
+                    # balanced heads (||W_1j|| = ||W_2j||, the least weight decay for the
+                    # same function), scaled so the initial logits spread by INIT_SPREAD:
+                    # Adam starts near the intercept-only model, as the convex solver does
+                    r = (W2.flatten(1).norm(dim=1) / W1.flatten(1).norm(dim=1)).sqrt()
+                    module.W1.mul_(r.reshape((-1,) + (1,) * (W1.ndim - 1)))
+                    module.W2.div_(r.reshape((-1,) + (1,) * (W2.ndim - 1)))
                     spread = float(module(Xt[: min(n, 512)]).std())
-                    k = 1.0 / math.sqrt(spread) if spread > 0 and math.isfinite(spread) else 1.0
-                    module.W1.mul_(k)
-                    module.W2.mul_(k)
+                    if spread > 0 and math.isfinite(spread):
+                        k = math.sqrt(INIT_SPREAD / spread)  # logits are bilinear in W1, W2
+                        module.W1.mul_(k)
+                        module.W2.mul_(k)
                 params = [module.W1, module.W2, module.intercept]
                 if batch is None or batch >= n:
                     loss, obj, every = (lambda k: objective()), None, 1
