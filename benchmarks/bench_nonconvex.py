@@ -85,17 +85,38 @@ def adam_run(torch, f, P, m, d, c, lr, seed, steps, time_budget):
     W1 = (torch.randn(P, m, d, d, generator=g, dtype=torch.float64) / d).requires_grad_()
     W2 = (torch.randn(P, m, d, c, generator=g, dtype=torch.float64) / math.sqrt(d)).requires_grad_()
     b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([W1, W2, b], lr=lr)
-    hist_t, hist_f = [], []
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    return adam_loop(torch, [W1, W2, b], lambda k: f(W1, W2, b)[0], lr, steps, time_budget)
+
+
+def adam_loop(torch, params, loss, lr, steps, time_budget, objective=None, eval_every=1):
+    """Adam on ``params`` minimising ``loss(k)`` (the loss of step ``k``: full batch or a
+    mini-batch). Returns the elapsed optimisation time and the best objective so far at
+    every record.
+
+    ``objective=None`` (full batch): the recorded objective is the step's own loss (at the
+    point before the step), recorded every step. Otherwise ``objective()`` (the full
+    objective) is evaluated every ``eval_every`` steps and at the end, outside the clock.
+    Stops after ``steps`` steps, past ``time_budget`` seconds, or at a non-finite value.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    hist_t, hist_f, spent = [], [], 0.0
+    for k in range(steps):
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        obj, _ = f(W1, W2, b)
-        obj.backward()
+        value = loss(k)
+        value.backward()
         opt.step()
-        hist_t.append(time.perf_counter() - t0)
-        hist_f.append(float(obj.detach()))
-        if hist_t[-1] > time_budget or not math.isfinite(hist_f[-1]):
+        spent += time.perf_counter() - t0
+        if objective is None:
+            fk = float(value.detach())
+        elif (k + 1) % eval_every == 0 or k == steps - 1 or spent > time_budget:
+            with torch.no_grad():
+                fk = float(objective())
+        else:
+            continue
+        hist_t.append(spent)
+        hist_f.append(fk)
+        if spent > time_budget or not math.isfinite(fk):
             break
     return np.asarray(hist_t), np.minimum.accumulate(np.asarray(hist_f))
 
