@@ -34,6 +34,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._backend import get_namespace, resolve_device, to_numpy
 from ._datafits import get_datafit
+from ._factored import balanced_heads, block_spectra, factored_solve
+from ._factored_ops import chunk_rows_for
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
 from ._penalty import BlockNuclearNorm
@@ -553,9 +555,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _factored_setup(self, gates, X, Y, w, datafit, c):
         """The factor operator of ``X`` and ``alpha_max`` from the spectra of the
         gradient blocks at zero (exact on small blocks, Lanczos otherwise)."""
-        from ._factored import block_spectra
-        from ._factored_ops import chunk_rows_for
-
         n, s, d = X.shape
         xp = get_namespace(X)
         budget = self.memory_budget * 1024**3 / 4
@@ -569,8 +568,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _fit_factored(self, st, alpha):
         """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
         heads with rank growth and the same duality-gap certificate as FISTA."""
-        from ._factored import balanced_heads, factored_solve
-
         backend, dtype = st.backend, st.dtype
         n, s, d = st.X3.shape
         c = st.classes.shape[0]
@@ -624,8 +621,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         dtype = X3.dtype
         c = self.classes_.shape[0]
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        from ._factored_ops import chunk_rows_for
-
         r = self.factors_["A"].shape[1]
         chunk = chunk_rows_for(
             n, self._factor_scratch(s, d, c, r), dtype.itemsize, self.memory_budget * 1024**3 / 4

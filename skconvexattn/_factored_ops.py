@@ -132,7 +132,6 @@ class AttentionFactorOperator(_FactorOperator):
         self.sides = sides
         self.P = 1 if sides is None else int(sides.shape[2])
         self.a_shape = (self.d, self.d)
-        XT = xp.matrix_transpose(X)  # (n, d, s)
         if sides is None:
             S = xp.sum(X, axis=1)[:, None, None, :]  # (n, 1, 1, d)
         else:
@@ -143,7 +142,6 @@ class AttentionFactorOperator(_FactorOperator):
         self.S = xp.reshape(
             xp.permute_dims(S, (1, 0, 2, 3)), (self.P, self.n_samples * self.n_sides, self.d)
         )
-        del XT
 
     def _S(self, a, b):
         k = self.n_sides
