@@ -37,6 +37,7 @@ parameters, gates are buffers) that can be fine-tuned.
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 from sklearn.utils.class_weight import compute_sample_weight
@@ -151,7 +152,11 @@ class RecoveredNetwork:
         self.gates = {k: np.asarray(v, dtype=np.float64).copy() for k, v in est.gates_.items()}
         self.intercept = np.asarray(est.intercept_, dtype=np.float64).copy()
         self.classes_ = np.asarray(est.classes_).copy()
-        self.alpha = float(est.alpha_)
+        # a fit on inputs of extreme scale solved the program on X * 2**e (see the head's
+        # input_scale_exp_): the weights, gates and alpha are in those units, and the
+        # network scales its input the same way
+        self.input_scale_exp = int(getattr(est, "input_scale_exp_", 0))
+        self.alpha = math.ldexp(float(est.alpha_), self.input_scale_exp * est._degree)
         self.loss = est.loss
         self.class_weight = est.class_weight
         self.token_shape = tuple(int(v) for v in est.token_shape_)
@@ -197,7 +202,10 @@ class RecoveredNetwork:
 
     def logits(self, X):
         """All class logits ``o_i``, shape ``(n_samples, n_classes)``."""
-        return self._logits(_as_tokens(X, self.token_shape))
+        X = _as_tokens(X, self.token_shape)
+        if self.input_scale_exp:
+            X = np.ldexp(X, self.input_scale_exp)
+        return self._logits(X)
 
     def decision_function(self, X):
         """Logits (``(n,)`` for two classes: ``o[:, 1] - o[:, 0]``), as the estimator."""
@@ -260,7 +268,9 @@ class RecoveredNetwork:
         """
         _import_torch()
         params, buffers = self._torch_tensors()
-        return _torch_class()(self.architecture, params, buffers, self.token_shape)
+        return _torch_class()(
+            self.architecture, params, buffers, self.token_shape, self.input_scale_exp
+        )
 
 
 # ------------------------------------------------------------------ architectures
@@ -601,10 +611,11 @@ def _torch_class():
         ``(n, n_classes)`` logits; ``W1``, ``W2``, ``intercept`` are parameters, the gates
         buffers."""
 
-        def __init__(self, architecture, params, buffers, token_shape):
+        def __init__(self, architecture, params, buffers, token_shape, input_scale_exp=0):
             super().__init__()
             self.architecture = architecture
             self.token_shape = tuple(token_shape)
+            self.input_scale_exp = int(input_scale_exp)
             for k, v in params.items():
                 setattr(self, k, nn.Parameter(torch.as_tensor(np.asarray(v), dtype=torch.float64)))
             for k, v in buffers.items():
@@ -615,6 +626,8 @@ def _torch_class():
         def forward(self, X):
             if X.ndim == 2:
                 X = X.reshape(X.shape[0], *self.token_shape)
+            if self.input_scale_exp:
+                X = X * 2.0**self.input_scale_exp
             return forwards[self.architecture](self, X)
 
         def weight_decay(self):

@@ -297,3 +297,23 @@ def test_extreme_scales_fit_the_same_program(cls, factor, dtype, data):
     np.testing.assert_array_equal(est.predict(Xs), ref.predict(X.astype(dtype)))
     if np.isfinite(est.alpha_max_):
         assert est.alpha_ == pytest.approx(est.alpha_ratio * est.alpha_max_)
+
+
+@pytest.mark.parametrize("scale", [1e13, 1e-13])
+def test_recovered_network_of_an_extreme_scale_fit(scale):
+    """A fit solved on X * 2**input_scale_exp_ recovers a network that takes X itself:
+    same logits and the same objective as the head (NumPy and torch)."""
+    from skconvexattn import ConvexSelfAttentionClassifier
+    from skconvexattn.datasets import make_token_clusters
+
+    X, y = make_token_clusters(n_samples=40, random_state=0, return_X_y=True)
+    Xs = X * scale
+    est = ConvexSelfAttentionClassifier(n_gates=2, random_state=0, tol=1e-6).fit(Xs, y)
+    assert est.input_scale_exp_ != 0
+    net = est.to_nonconvex()
+    D = est.decision_function(Xs)
+    np.testing.assert_allclose(net.decision_function(Xs), D, rtol=1e-8, atol=1e-10 * np.abs(D).max())
+    assert net.objective(Xs, y) == pytest.approx(est.objective_, rel=1e-8)
+    torch = pytest.importorskip("torch")
+    O = net.to_torch()(torch.as_tensor(Xs)).detach().numpy()
+    np.testing.assert_allclose(O[:, 1] - O[:, 0], D, rtol=1e-8, atol=1e-10 * np.abs(D).max())
