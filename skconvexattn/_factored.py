@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ._backend import get_namespace, to_numpy
+from ._progress import make_reporter
 from ._solver import prior_and_start
 
 __all__ = ["factored_solve", "FactoredResult", "block_spectra", "factor_nuclear_norms"]
@@ -274,6 +275,7 @@ class _LBFGS:
     def __init__(self, memory, xp, rounding):
         self.memory, self.xp, self.rounding = memory, xp, rounding
         self.S, self.Y, self.rho = [], [], []
+        self.gamma = 1.0
 
     def pad(self, r_new):
         """Give every stored pair zero columns up to ``r_new`` heads."""
@@ -301,22 +303,28 @@ class _LBFGS:
         self.Y = [sub(v) for v in self.Y]
 
     def direction(self, g):
+        """``-H g`` by the two-loop recursion; its scalars stay on the device (0-d
+        arrays, cast to the iterate's dtype), so it costs no host transfer."""
         xp = self.xp
+        dt = g[0].dtype
+
+        def scaled(c, arrays):
+            return [xp.astype(c, dt) * a for a in arrays]
+
         q = list(g)
         coefs = []
         for s_, y_, r_ in zip(reversed(self.S), reversed(self.Y), reversed(self.rho)):
-            a_ = r_ * _host(_tdot(s_, q, xp))[0]
+            a_ = r_ * _tdot(s_, q, xp)
             coefs.append(a_)
-            q = [qi - a_ * yi for qi, yi in zip(q, y_)]
+            q = [qi - yi for qi, yi in zip(q, scaled(a_, y_))]
         if self.S:
-            sy, yy = _host(_tdot(self.S[-1], self.Y[-1], xp), _tdot(self.Y[-1], self.Y[-1], xp))
-            gamma = sy / yy
+            gamma = self.gamma  # s.y / y.y of the newest pair (host, known at update)
         else:
-            gamma = 1.0 / max(math.sqrt(_host(_tdot(g, g, xp))[0]), 1e-300)
-        q = [gamma * qi for qi in q]
+            gamma = 1.0 / xp.maximum(xp.sqrt(_tdot(g, g, xp)), xp.asarray(1e-300))
+        q = scaled(gamma * xp.ones((), dtype=xp.float64), q)
         for s_, y_, r_, a_ in zip(self.S, self.Y, self.rho, reversed(coefs)):
-            b_ = r_ * _host(_tdot(y_, q, xp))[0]
-            q = [qi + (a_ - b_) * si for qi, si in zip(q, s_)]
+            b_ = r_ * _tdot(y_, q, xp)
+            q = [qi + si for qi, si in zip(q, scaled(a_ - b_, s_))]
         return [-qi for qi in q]
 
     def run(self, fun, x, F, g, O, *, max_iter, deadline, stats):
@@ -361,6 +369,7 @@ class _LBFGS:
                 self.S.append(s_)
                 self.Y.append(y_)
                 self.rho.append(1.0 / sy)
+                self.gamma = sy / yy
                 if len(self.S) > self.memory:
                     self.S.pop(0), self.Y.pop(0), self.rho.pop(0)
             x, F, g, O, Fh = xn, Fn, gn, On, Fnh
@@ -446,6 +455,7 @@ def factored_solve(
     stats = {"iterations": 0}
     # relative rounding of the objective (float64 accumulation of dtype products)
     lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps))
+    reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
     best_dual = -math.inf
     v_start = None
     converged = stalled = timed_out = False
@@ -476,13 +486,7 @@ def factored_solve(
         history["rank"].append(int(A.shape[1]))
         history["relative_gap"].append(gap / max(abs(primal), 1e-300))
         history["null_relative_gap"].append(gap / max(null, 1e-300))
-        if verbose:
-            print(
-                f"[skconvexattn] iter {it:5d}  objective {primal:.8e}  relative gap "
-                f"{gap / max(ref, 1e-300):.3e}  heads/block {A.shape[1]}  "
-                f"||Grad||/alpha {spec / alpha:.4f}",
-                flush=True,
-            )
+        reporter.update(it, primal, gap / max(ref, 1e-300))
         if gap <= tol * ref:
             converged = True
             break
@@ -519,6 +523,7 @@ def factored_solve(
         if keep is not None:
             A, B = xp.take(A, keep, axis=1), xp.take(B, keep, axis=1)
             lbfgs.take(keep)
+    reporter.close(converged)
     if not converged and warn:
         warnings.warn(
             f"The factored solver stopped before the requested duality gap (relative gap "

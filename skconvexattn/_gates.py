@@ -11,7 +11,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["token_moments", "hyperplane_gates", "prototype_gates"]
+__all__ = ["token_moments", "hyperplane_gates", "prototype_gates", "standardised_tokens"]
+
+
+def standardised_tokens(X0, real, mu=None, sigma=None):
+    """``(X0 - mu) / sigma`` with padding kept a zero token (the gates' input).
+
+    ``X0`` is ``(m, s, d)`` with padding rows zero, ``real`` the ``(m, s)`` real-token
+    mask; ``mu``/``sigma`` (``(d,)`` or None) are the token moments.
+    """
+    Xt = X0
+    if mu is not None:
+        Xt = Xt - mu
+    if sigma is not None:
+        Xt = Xt / sigma
+    return Xt * real[:, :, None]
 
 
 def token_moments(X, w):

@@ -918,24 +918,26 @@ recovered heads/neurons the solution uses.
 """
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _number(convert, ok, what):
+    """An argparse type: ``convert(text)`` that must satisfy ``ok``, else "expected
+    <what>, got <text>"."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    if not (value >= 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive number")
+_non_negative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+_ratio = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 
 
 def _alpha(text):
@@ -950,16 +952,6 @@ def _alpha(text):
         )
 
 
-def _ratio(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
 def _figure_path(text):
     """``demo --figure``: checked before the five-minute demo fits anything."""
     if text:
@@ -971,16 +963,6 @@ def _figure_path(text):
         if os.path.isdir(text):
             raise argparse.ArgumentTypeError(f"cannot write the figure {text!r}: it is a directory")
     return text
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _build_parser():

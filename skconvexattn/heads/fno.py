@@ -68,6 +68,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._backend import get_namespace, to_numpy
 from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order, sign_pattern_clusters
+from .._gates import standardised_tokens
 from .._padding import split_padding
 
 __all__ = [
@@ -156,12 +157,7 @@ def circular_convolution(X, kernels):
 def _gate_masks(X0, real, kernels, mu, sigma):
     """Gate masks of zero-padded tokens ``X0`` with real-token mask ``real``."""
     xp = get_namespace(X0)
-    Xt = X0
-    if mu is not None:
-        Xt = Xt - mu
-    if sigma is not None:
-        Xt = Xt / sigma
-    Xt = Xt * real[:, :, None]  # padding stays a zero token after standardisation
+    Xt = standardised_tokens(X0, real, mu, sigma)
     return xp.astype(circular_convolution(Xt, kernels) >= 0, X0.dtype) * real[:, None, :]
 
 

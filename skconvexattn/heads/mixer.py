@@ -43,6 +43,7 @@ from sklearn.utils._param_validation import StrOptions
 from .._backend import get_namespace
 from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
 from .._factored_ops import MixerFactorOperator
+from .._gates import standardised_tokens
 from .._padding import split_padding
 
 __all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks", "shell_gate_matrices"]
@@ -79,12 +80,7 @@ def shell_gate_matrices(rng, n_gates, s):
 def _masks(X0, real, H, mu, sigma):
     """Gate masks of zero-padded tokens ``X0`` with real-token mask ``real``."""
     xp = get_namespace(X0)
-    Xt = X0
-    if mu is not None:
-        Xt = Xt - mu
-    if sigma is not None:
-        Xt = Xt / sigma
-    Xt = Xt * real[:, :, None]  # padding stays zero after standardisation
+    Xt = standardised_tokens(X0, real, mu, sigma)
     M = xp.astype((H[None, :, :, :] @ Xt[:, None, :, :]) >= 0, X0.dtype)
     return M * real[:, None, :, None]  # no output at padding positions
 
