@@ -207,10 +207,8 @@ def available_heads():
 
 def lifted_features(est, X):
     """The fitted head's lifted features ``(n, P, R, L)`` (uncentred, NumPy)."""
-    from array_api_compat import numpy as xp
-
     gates = {k: np.asarray(v, dtype=X.dtype) for k, v in est.gates_.items()}
-    return np.asarray(est._feature_map(gates, xp)(X))
+    return np.asarray(est._feature_map(gates)(X))
 
 
 def objective(Phi, Z, b, Y, alpha, loss):

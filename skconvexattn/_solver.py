@@ -28,7 +28,7 @@ from ._backend import get_namespace, to_numpy
 from ._penalty import BlockNuclearNorm
 from ._progress import make_reporter
 
-__all__ = ["fista", "SolverResult", "alpha_max", "duality_gap"]
+__all__ = ["fista", "SolverResult", "alpha_max", "primal_dual_values"]
 
 
 @dataclass
@@ -96,8 +96,9 @@ def alpha_max(op, datafit, Y, w, fit_intercept):
     return BlockNuclearNorm().dual_norm(G0), G0
 
 
-def duality_gap(op, datafit, Y, w, alpha, O, pen, prior, fit_intercept):
-    """Primal value, dual value and gap at a point with logits ``O`` and penalty ``pen``.
+def primal_dual_values(op, datafit, Y, w, alpha, O, pen, prior, fit_intercept):
+    """Primal and dual objective values at a point with logits ``O`` and penalty ``pen``;
+    their difference is the duality gap.
 
     The dual point is the datafit's feasible candidate ``theta`` scaled by
     ``min(1, alpha / max_p ||Grad_p(theta)||_2)`` so that every block's spectral norm
@@ -278,7 +279,7 @@ def fista(
 
     def check(it):
         # every dual-feasible point bounds the optimum from below: keep the best one
-        p, d = duality_gap(op, datafit, Y, w, alpha, Ox, pen, prior, fit_intercept)
+        p, d = primal_dual_values(op, datafit, Y, w, alpha, Ox, pen, prior, fit_intercept)
         p, d = (float(v) for v in to_numpy(xp.stack([p, d])))
         d = best_dual[0] = max(d, best_dual[0])
         history["iteration"].append(it)

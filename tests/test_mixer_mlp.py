@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skconvexattn._base import sign_pattern_clusters
+from skconvexattn._gates import sign_pattern_clusters
 from skconvexattn.heads.attention import token_sides
 from skconvexattn.heads.mixer import ConvexMixerClassifier, mixer_features, mixer_masks
 from skconvexattn.heads.mlp import ConvexMLPClassifier, mlp_features

@@ -1,4 +1,4 @@
-"""Convex self-attention head (SPEC 2.1).
+"""Convex self-attention head and its recovered network (``docs/heads.rst``).
 
 Non-convex block: ``Yhat_i = sum_j sigma(X_i W_1j X_i^T) X_i W_2j``, average-pooled over
 tokens. Its convex program has one weight block per gate, ``Z_p`` of shape
@@ -31,49 +31,26 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order, sign_pattern_clusters
-from .._gates import hyperplane_gates, prototype_gates
+from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO
 from .._factored_ops import AttentionFactorOperator
+from .._gates import (
+    gate_side_clusters,
+    gate_side_info,
+    hyperplane_gates,
+    padding_ids,
+    prototype_gates,
+    token_sides,
+)
+from .._network import RecoveredNetwork, head_gate_masks
 from .._padding import split_padding
+from .._penalty import active_order
 
-__all__ = ["ConvexSelfAttentionClassifier", "self_attention_features", "token_sides"]
-
-
-def token_sides(X, H, c):
-    """0/1 side of every token for every gate hyperplane: ``(m, s, P)``."""
-    xp = get_namespace(X)
-    return xp.astype((X @ xp.matrix_transpose(H) + c) >= 0, X.dtype)
-
-
-def gate_side_clusters(est, X):
-    """Token ids of a fitted head with hyperplane gates ``gates_["H"], gates_["c"]``: the
-    sides of a token over the active gates, most important first."""
-    g = est.gates_
-    X0, real, _ = split_padding(X)
-    sides = token_sides(X0, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
-    return _padding_ids(sign_pattern_clusters(np.asarray(sides), est.block_norms()), real)
-
-
-def _padding_ids(ids, real):
-    """Token ids with padding tokens (``real == 0``) set to -1."""
-    ids = np.array(ids, dtype=np.int64)
-    ids[np.asarray(real) == 0] = -1
-    return ids
-
-
-def gate_side_info(est, definition):
-    """What the ids of :func:`gate_side_clusters` mean, for ``token_cluster_info``."""
-    norms = est.block_norms()
-    order = _active_order(norms)
-    return Bunch(
-        kind="gate_sides",
-        definition=definition,
-        gates=order,
-        hyperplanes=est.gates_["H"][order],
-        offsets=est.gates_["c"][order],
-        importance=norms[order],
-        block_norms=norms,
-    )
+__all__ = [
+    "ConvexSelfAttentionClassifier",
+    "SelfAttentionNetwork",
+    "self_attention_features",
+    "token_sides",
+]
 
 
 def self_attention_features(X, H=None, c=None):
@@ -112,6 +89,61 @@ def self_attention_features(X, H=None, c=None):
         part = Sx[:, :, :, None, None] * Gx[:, :, None, :, :]
         Phi = part if Phi is None else Phi + part
     return xp.reshape(Phi / counts[:, None, None, None, None], (m, P, d * d, d))
+
+
+class SelfAttentionNetwork(RecoveredNetwork):
+    """Recovered self-attention block, with its own forward pass.
+
+    ``o = sum_j (1/s) 1^T (M_p o (X W_1j X^T)) X W_2j + b``.
+
+    ``W1`` has shape ``(n_heads, d, d)`` (query-key), ``W2`` ``(n_heads, d, c)``
+    (value-output); ``M_p[t, t'] = 1`` when tokens ``t`` and ``t'`` lie on the same side of
+    the hyperplane ``gates["H"][p] . x + gates["c"][p] = 0`` (all ones for linear), zero
+    in the rows and columns of padding tokens.
+    """
+
+    architecture = "self_attention"
+    _gate_buffers = ("H", "c")
+    _work_per_head = staticmethod(lambda s, d: 2 * s * (s + d))
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d, d), (d, c)
+
+    @staticmethod
+    def _masks(xp, X0, real, t):
+        """Same-side masks of every head's gate, ``(n, m, s, s)`` (or ``(n, 1, s, s)``)."""
+        pair = (real[:, :, None] * real[:, None, :])[:, None, :, :]  # both tokens real
+        if "gate_H" not in t:
+            return pair
+        side = head_gate_masks(xp, token_sides(X0, t["gate_H"], t["gate_c"]), t["head_gate"], 2)
+        side = xp.permute_dims(side, (0, 2, 1))  # (n, m, s)
+        other = 1 - side
+        return pair * (
+            side[:, :, :, None] * side[:, :, None, :] + other[:, :, :, None] * other[:, :, None, :]
+        )
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        Xb = X0[:, None, :, :]  # (n, 1, s, d)
+        scores = (Xb @ t["W1"][None, ...]) @ xp.matrix_transpose(Xb)  # X W_1j X^T: (n, m, s, s)
+        pooled = xp.sum(cls._masks(xp, X0, real, t) * scores, axis=2)  # 1^T (M o .): (n, m, s)
+        values = Xb @ t["W2"][None, ...]  # X W_2j: (n, m, s, c)
+        return xp.sum((pooled[:, :, None, :] @ values)[:, :, 0, :], axis=1)
+
+    def attention_masks(self, X):
+        """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear),
+        zero in the rows and columns of padding tokens."""
+        from .._network import _as_tokens
+
+        X0, real, _ = split_padding(_as_tokens(X, self.token_shape))
+        xp = get_namespace(X0)
+        t = {}
+        if self.gates:
+            P = self.gates["H"].shape[0]
+            t = {"gate_H": self.gates["H"].astype(X0.dtype),
+                 "gate_c": self.gates["c"].astype(X0.dtype), "head_gate": np.arange(P)}
+        return self._masks(xp, X0, real, t)
 
 
 class ConvexSelfAttentionClassifier(BaseConvexHead):
@@ -237,7 +269,8 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     the leading recovered head (singular vector of ``Z``) that reads the token most
     strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||``.
 
-    :meth:`to_nonconvex` returns the recovered non-convex attention network (SPEC 2.4),
+    :meth:`to_nonconvex` returns the recovered non-convex attention network
+    (:class:`SelfAttentionNetwork`, ``docs/convexity.rst``),
     whose own forward pass reproduces the logits and whose weight-decay objective equals
     ``objective_``.
 
@@ -264,7 +297,6 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
-    _head_name = "self-attention"
     _degree = 3  # the lifted features X_i^T D X_i x X_i are cubic in X
     _reduce_hint = (
         "n_features (d; lifted features grow as d**3 — put TokenPCA before the head) "
@@ -315,10 +347,10 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         self.warm_start = warm_start
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), d * d, d)
+        return (self._n_convex_blocks(), d * d, d)
 
     def _work_per_sample(self, s, d):
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * d**3 + 2 * P * d * d + P * s * d
 
     def _draw_gates(self, rng, mu, sigma, s, d):
@@ -333,7 +365,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
             return {"H": H, "c": c}
         return super()._init_gates(rng, X, w, mu, sigma)
 
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return self_attention_features
         H, c = gates["H"], gates["c"]
@@ -344,7 +376,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     def _factor_scratch(self, s, d, c, r):
         # keys (P k r d twice), scores (s P k r), values and their products (2 s P r c)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return P * r * (4 * d + 3 * s + 2 * s * c) + 2 * s * d
 
     def _factor_operator(self, gates, X, chunk_rows):
@@ -357,7 +389,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     def _token_clusters(self, X):
         if self.activation == "gated_relu":
             return gate_side_clusters(self, X)
-        return _leading_head_clusters(X, self.coef_[0], self.token_shape_[1])
+        return _leading_head_clusters(self, X)
 
     def _token_cluster_info(self):
         if self.activation == "gated_relu":
@@ -367,47 +399,37 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
                 "most important active gate; tokens with the same id attend to each "
                 "other through every active gate",
             )
-        norms = self.block_norms()
-        d = self.token_shape_[1]
-        c = self.classes_.shape[0]
-        U, S, Vh = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
-        k = _active_order(S)[:_MAX_HEADS]
+        S, U, V = self.to_nonconvex().leading_heads(_MAX_HEADS)
         return Bunch(
             kind="leading_heads",
             definition=(
                 "the id is the rank of the recovered head j (among the leading ones) that "
                 "reads the token most strongly, argmax_j sigma_j ||U_j x|| ||V_j^T x||"
             ),
-            heads=np.arange(k.size),
-            singular_values=S[k],
-            query_key=U[:, k].T.reshape(k.size, d, d),
-            value_output=Vh[k].reshape(k.size, d, c),
-            block_norms=norms,
+            heads=np.arange(S.size),
+            singular_values=S,
+            query_key=U,
+            value_output=V,
+            block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import SelfAttentionNetwork
-
-        return SelfAttentionNetwork._from_estimator(self)
+    _network_class = SelfAttentionNetwork
 
 
 _MAX_HEADS = 8
 
 
-def _leading_head_clusters(X, Z, d, max_heads=_MAX_HEADS):
+def _leading_head_clusters(est, X, max_heads=_MAX_HEADS):
     """Linear attention: the leading recovered head (by singular value) that reads the
     token most strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||`` with ``U_j``
     (``(d, d)``, query-key) and ``V_j`` (``(d, c)``, value-output) the unit-norm reshapes of
     the singular vectors: the token's key response times its value, a function of the
     token alone (the same token gets the same id in every sample)."""
-    U, S, Vh = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
-    k = _active_order(S)[:max_heads]
+    S, U, V = est.to_nonconvex().leading_heads(max_heads)
     X, real, _ = split_padding(np.asarray(X, dtype=np.float64))
-    if k.size == 0:
-        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
-    c = Vh.shape[1] // d
-    W1 = U[:, k].T.reshape(k.size, d, d)  # (heads, d, d): rows a (query), columns k (key)
-    W2 = Vh[k].reshape(k.size, d, c)  # (heads, d, c)
-    key = np.linalg.norm(np.einsum("jak,ntk->ntja", W1, X), axis=3)  # ||U_j x_t||
-    val = np.linalg.norm(np.einsum("ntl,jlb->ntjb", X, W2), axis=3)  # ||V_j^T x_t||
-    return _padding_ids(np.argmax(S[k] * key * val, axis=2), real)
+    if S.size == 0:
+        return padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
+    Xt = X[:, :, None, None, :]  # (n, s, 1, 1, d): every token against every head
+    key = np.linalg.norm(Xt @ np.swapaxes(U, 1, 2), axis=-1)[..., 0]  # ||U_j x_t||: (n, s, j)
+    val = np.linalg.norm(Xt @ V, axis=-1)[..., 0]  # ||V_j^T x_t||
+    return padding_ids(np.argmax(S * key * val, axis=2), real)

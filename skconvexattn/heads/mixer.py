@@ -1,4 +1,4 @@
-"""Convex MLP-Mixer head (SPEC 2.2).
+"""Convex MLP-Mixer head and its recovered network (``docs/heads.rst``).
 
 Non-convex block: ``Yhat_i = sum_j sigma(W_1j X_i) W_2j`` with ``W_1j`` of shape ``(s, s)``
 (token mixing) and ``W_2j`` of shape ``(d, c)`` (channel mixing), average-pooled over
@@ -41,12 +41,19 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
+from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO
 from .._factored_ops import MixerFactorOperator
 from .._gates import standardised_tokens
+from .._network import RecoveredNetwork, _as_tokens, head_gate_masks
 from .._padding import split_padding
 
-__all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks", "shell_gate_matrices"]
+__all__ = [
+    "ConvexMixerClassifier",
+    "MixerNetwork",
+    "mixer_features",
+    "mixer_masks",
+    "shell_gate_matrices",
+]
 
 
 def shell_gate_matrices(rng, n_gates, s):
@@ -134,6 +141,45 @@ def mixer_features(X, H=None, *, mu=None, sigma=None):
     M = _masks(X0, real, H, mu, sigma)  # (m, P, s, d)
     Phi = M[:, :, :, None, :] * Xs[:, None, None, :, :]  # (m, P, s, s, d)
     return xp.reshape(Phi, (m, P, s * s, d))
+
+
+class MixerNetwork(RecoveredNetwork):
+    """Recovered MLP-Mixer block, with its own forward pass.
+
+    ``o = sum_j (1/s) 1^T (M_p o (W_1j X)) W_2j + b``.
+
+    ``W1`` has shape ``(n_heads, s, s)`` (token mixing), ``W2`` ``(n_heads, d, c)`` (channel
+    mixing); ``M_p = 1{H_p (X - mu) / sigma >= 0}`` (all ones for linear), zero in the rows
+    of padding positions.
+    """
+
+    architecture = "mixer"
+    _gate_buffers = ("H", "mu", "sigma")
+    _work_per_head = staticmethod(lambda s, d: 3 * s * d)
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (s, s), (d, c)
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        mixed = t["W1"][None, ...] @ X0[:, None, :, :]  # W_1j X: (n, m, s, d)
+        if "gate_H" in t:
+            M = _masks(X0, real, t["gate_H"], t["gate_mu"], t["gate_sigma"])  # (n, P, s, d)
+            M = head_gate_masks(xp, M, t["head_gate"], 1)
+        else:
+            M = real[:, None, :, None]
+        pooled = xp.sum(M * mixed, axis=2)  # 1^T (M o W_1j X): (n, m, d)
+        return xp.sum((pooled[:, :, None, :] @ t["W2"][None, ...])[:, :, 0, :], axis=1)
+
+    def gate_masks(self, X):
+        """``M_p = 1{H_p (X - mu) / sigma >= 0}``: ``(n, P, s, d)`` (ones if linear)."""
+        X = _as_tokens(X, self.token_shape)
+        if not self.gates:  # ones on the real positions
+            real = split_padding(X)[1]
+            return np.broadcast_to(real[:, None, :, None], (X.shape[0], 1) + X.shape[1:])
+        g = self.gates
+        return mixer_masks(X, g["H"], g["mu"], g["sigma"])
 
 
 class ConvexMixerClassifier(BaseConvexHead):
@@ -288,7 +334,6 @@ class ConvexMixerClassifier(BaseConvexHead):
         "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
-    _head_name = "MLP-Mixer"
     _reduce_hint = (
         "n_tokens (s; lifted features grow as s**2 * n_features per gate — use larger "
         "patches or pool tokens), n_features (TokenPCA before the head) or n_gates"
@@ -336,11 +381,11 @@ class ConvexMixerClassifier(BaseConvexHead):
         self.warm_start = warm_start
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), s * s, d)
+        return (self._n_convex_blocks(), s * s, d)
 
     def _work_per_sample(self, s, d):
         # broadcast product (P s^2 d), masks and their pre-activations (2 P s d), X / s
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return P * s * s * d + 2 * P * s * d + 2 * s * d
 
     def _draw_gates(self, rng, mu, sigma, s, d):
@@ -353,7 +398,7 @@ class ConvexMixerClassifier(BaseConvexHead):
             "sigma": np.asarray(sigma, dtype=np.float64),
         }
 
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return mixer_features
         H, mu, sigma = gates["H"], gates["mu"], gates["sigma"]
@@ -364,13 +409,13 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _factor_scratch(self, s, d, c, r):
         # mixed tokens and the masked products (2 P r s d), masks (P s d)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * r * s * d + P * s * d + 2 * s * d
 
     def _factor_operator(self, gates, X, chunk_rows):
         xp = get_namespace(X)
         X0, real, counts = split_padding(X)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         if gates:
             H, mu, sigma = gates["H"], gates["mu"], gates["sigma"]
 
@@ -388,45 +433,34 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _token_clusters(self, X):
         s = self.token_shape_[0]
-        ids = np.broadcast_to(_mixing_clusters(self.coef_, s), (X.shape[0], s)).copy()
+        ids = np.broadcast_to(self._mixing_scores()[2], (X.shape[0], s)).copy()
         ids[np.isnan(np.asarray(X)[:, :, 0])] = -1  # padding
         return ids
 
+    def _mixing_scores(self):
+        """Per recovered head (all blocks, by singular value) the score of every token
+        position, ``sigma_j ||U_j[:, t']||`` (``(heads, s)``), and the position clusters."""
+        net = self.to_nonconvex()
+        S, U, _ = net.leading_heads()
+        score = S[:, None] * np.linalg.norm(U, axis=1)  # (heads, s): per t'
+        if S.size == 0:
+            return net, score, np.zeros(self.token_shape_[0], dtype=np.int64)
+        return net, score, np.argmax(score, axis=0).astype(np.int64)
+
     def _token_cluster_info(self):
-        s = self.token_shape_[0]
-        Z = np.asarray(self.coef_, dtype=np.float64)
-        U, S, _ = np.linalg.svd(Z, full_matrices=False)
-        S_all = S.reshape(-1)
-        order = _active_order(S_all)
-        Uh = np.transpose(U, (0, 2, 1)).reshape(-1, s, s)[order]
+        net, score, clusters = self._mixing_scores()
         return Bunch(
             kind="token_positions",
             definition=(
                 "token position t gets the rank of the recovered head j (all blocks, by "
                 "singular value) that mixes it most, argmax_j sigma_j ||U_j[:, t]||"
             ),
-            position_clusters=_mixing_clusters(self.coef_, s),
-            blocks=order // S.shape[1],
-            singular_values=S_all[order],
-            position_scores=S_all[order][:, None] * np.linalg.norm(Uh, axis=1),
+            position_clusters=clusters,
+            blocks=net.block,
+            singular_values=net.sigma,
+            position_scores=score,
             block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import MixerNetwork
+    _network_class = MixerNetwork
 
-        return MixerNetwork._from_estimator(self)
-
-
-def _mixing_clusters(coef, s):
-    """Token-position clusters from the recovered token-mixing heads, shape ``(s,)``."""
-    Z = np.asarray(coef, dtype=np.float64)
-    U, S, _ = np.linalg.svd(Z, full_matrices=False)  # U: (P, s*s, k), S: (P, k)
-    S_all = S.reshape(-1)
-    order = _active_order(S_all)
-    if order.size == 0:
-        return np.zeros(s, dtype=np.int64)
-    # heads (p, j) flattened as p * k + j; U_j reshaped to (s, s) rows t, columns t'
-    Uh = np.transpose(U, (0, 2, 1)).reshape(-1, s, s)[order]  # (heads, s, s)
-    score = S_all[order][:, None] * np.linalg.norm(Uh, axis=1)  # (heads, s): per t'
-    return np.argmax(score, axis=0).astype(np.int64)

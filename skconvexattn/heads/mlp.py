@@ -9,8 +9,8 @@ Its convex equivalent with gated ReLU is the convex gated-ReLU network of Mishki
 
 (block shape ``(P, d, 1)``): a single batched GEMM of the gate sides with the tokens.
 
-Gates are the hyperplanes of the self-attention head (:func:`~skconvexattn._gates.
-hyperplane_gates`): random normals in standardised token coordinates, each through a random
+Gates are the hyperplanes of the self-attention head
+(:func:`~skconvexattn._gates.hyperplane_gates`): random normals in standardised token coordinates, each through a random
 point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
 linear model on the mean token ``xbar_i``.
 
@@ -26,13 +26,20 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
-from .._gates import hyperplane_gates, prototype_gates
+from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO
+from .._gates import (
+    gate_side_clusters,
+    gate_side_info,
+    hyperplane_gates,
+    padding_ids,
+    prototype_gates,
+    token_sides,
+)
+from .._network import RecoveredNetwork, head_gate_masks
 from .._operator import GatedTokenOperator
 from .._padding import split_padding
-from .attention import _padding_ids, gate_side_clusters, gate_side_info, token_sides
 
-__all__ = ["ConvexMLPClassifier", "mlp_features"]
+__all__ = ["ConvexMLPClassifier", "TokenMLPNetwork", "mlp_features"]
 
 
 def mlp_features(X, H=None, c=None):
@@ -87,6 +94,33 @@ def gated_token_operator(X, H, c, center=None):
     return GatedTokenOperator(X0 * (s / counts)[:, None, None], D, center=center)
 
 
+class TokenMLPNetwork(RecoveredNetwork):
+    """Recovered token MLP, with its own forward pass.
+
+    ``o = sum_j (1/s) sum_t D_p(x_t) (x_t^T w_1j) w_2j + b``.
+
+    ``W1`` has shape ``(n_heads, d)``, ``W2`` ``(n_heads, c)``;
+    ``D_p(x) = 1{gates["H"][p] . x + gates["c"][p] >= 0}`` (one for linear), zero on
+    padding tokens.
+    """
+
+    architecture = "mlp"
+    _gate_buffers = ("H", "c")
+    _work_per_head = staticmethod(lambda s, d: 2 * s)
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d,), (c,)
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        pre = (X0 @ xp.matrix_transpose(t["W1"])) * real[:, :, None]  # x_t . w_1j: (n, s, m)
+        if "gate_H" in t:
+            side = token_sides(X0, t["gate_H"], t["gate_c"])  # (n, s, P)
+            pre = pre * head_gate_masks(xp, side, t["head_gate"], 2)
+        return xp.sum(pre, axis=1) @ t["W2"]
+
+
 class ConvexMLPClassifier(BaseConvexHead):
     """Token-MLP classification head (the MLP baseline) trained to global optimality.
 
@@ -122,7 +156,7 @@ class ConvexMLPClassifier(BaseConvexHead):
         normals through a random point near the mean token, or ``"prototypes"``
         hyperplanes that each separate a prototype region of the training tokens from
         the mean token (:func:`~skconvexattn._gates.prototype_gates`), which follow latent
-        token clusters (see :class:`~skconvexattn.ConvexSelfAttentionClassifier`).
+        token clusters (as the self-attention head's, ``docs/clusters.rst``).
     loss : {"log_loss", "squared_error"}, default="log_loss"
         Multinomial logistic loss on the pooled logits, or squared error against one-hot
         targets.
@@ -230,7 +264,6 @@ class ConvexMLPClassifier(BaseConvexHead):
         "gate_init": [StrOptions({"random", "prototypes"})],
     }
 
-    _head_name = "token MLP"
     _reduce_hint = "n_gates or n_features (TokenPCA before the head)"
 
     def __init__(
@@ -275,10 +308,10 @@ class ConvexMLPClassifier(BaseConvexHead):
         self.warm_start = warm_start
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), d, 1)
+        return (self._n_convex_blocks(), d, 1)
 
     def _work_per_sample(self, s, d):
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * s + 2 * P * d + s * d
 
     def _draw_gates(self, rng, mu, sigma, s, d):
@@ -293,13 +326,13 @@ class ConvexMLPClassifier(BaseConvexHead):
             return {"H": H, "c": c}
         return super()._init_gates(rng, X, w, mu, sigma)
 
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return mlp_features
         H, c = gates["H"], gates["c"]
         return lambda X: mlp_features(X, H, c)
 
-    def _operator(self, gates, X, xp, block_shape, n_outputs, plan, center=None):
+    def _operator(self, gates, X, block_shape, n_outputs, plan, center=None):
         """Matrix-free products where they move less memory than the features.
 
         The materialised features hold ``P d`` floats per sample and every product is a
@@ -316,12 +349,12 @@ class ConvexMLPClassifier(BaseConvexHead):
             # faster per product; with 3 tokens or 10 classes the features win
             if s * c <= 2 and s * (d + P * (1 + 2 * c)) < P * d:
                 return gated_token_operator(X, gates["H"], gates["c"], center=center)
-        return super()._operator(gates, X, xp, block_shape, n_outputs, plan, center)
+        return super()._operator(gates, X, block_shape, n_outputs, plan, center)
 
     def _token_clusters(self, X):
         if self.activation == "gated_relu":
             return gate_side_clusters(self, X)
-        return _leading_neuron_clusters(X, self.coef_[0])
+        return _leading_neuron_clusters(self, X)
 
     def _token_cluster_info(self):
         if self.activation == "gated_relu":
@@ -330,34 +363,28 @@ class ConvexMLPClassifier(BaseConvexHead):
                 "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
                 "most important active gate",
             )
-        norms = self.block_norms()
-        U, S, _ = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
-        k = _active_order(S)[:8]
+        S, U, _ = self.to_nonconvex().leading_heads(8)
         return Bunch(
             kind="leading_neurons",
             definition=(
                 "the id is the rank of the recovered neuron j (among the 8 leading ones) with "
                 "the largest response sigma_j |u_j . x| to the token"
             ),
-            neurons=np.arange(k.size),
-            singular_values=S[k],
-            directions=U[:, k].T,
-            block_norms=norms,
+            neurons=np.arange(S.size),
+            singular_values=S,
+            directions=U,
+            block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import TokenMLPNetwork
-
-        return TokenMLPNetwork._from_estimator(self)
+    _network_class = TokenMLPNetwork
 
 
-def _leading_neuron_clusters(X, Z, max_heads=8):
+def _leading_neuron_clusters(est, X, max_heads=8):
     """Linear token MLP: the leading recovered neuron (by singular value) with the largest
     response ``sigma_j |u_j . x_t|`` to each token."""
-    U, S, _ = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
-    k = _active_order(S)[:max_heads]
-    X, real, _ = split_padding(X)
-    if k.size == 0:
-        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
-    resp = np.abs(X @ U[:, k]) * S[k]  # (n, s, heads)
-    return _padding_ids(np.argmax(resp, axis=2), real)
+    S, U, _ = est.to_nonconvex().leading_heads(max_heads)
+    X, real, _ = split_padding(np.asarray(X, dtype=np.float64))
+    if S.size == 0:
+        return padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
+    resp = np.abs(X @ U.T) * S  # (n, s, heads)
+    return padding_ids(np.argmax(resp, axis=2), real)
