@@ -33,7 +33,8 @@ def parse_args(argv, description, extra=None, heads=False):
     p.add_argument("--out", default=str(RESULTS), help="folder of the JSON results")
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (median)")
     if heads:
-        p.add_argument("--heads", default=None, help="comma-separated heads (default: all)")
+        p.add_argument("--heads", default=None,
+                       help=f"comma-separated heads among {', '.join(HEADS)} (default: all)")
     if extra is not None:
         extra(p)
     args = p.parse_args(argv)
@@ -177,32 +178,21 @@ def make_data(n, s, d, c=2, seed=0):
     return np.ascontiguousarray(X), y
 
 
-HEADS = ("attention", "mixer", "fno", "mlp")
+def available_heads():
+    """The names of the registered heads (:mod:`skconvexattn.heads`), in registry order."""
+    from skconvexattn.heads import registered_heads
+
+    return [spec.name for spec in registered_heads()]
+
+
+HEADS = tuple(available_heads())
 
 
 def head_class(name):
-    if name == "attention":
-        from skconvexattn.heads.attention import ConvexSelfAttentionClassifier as cls
-    elif name == "mixer":
-        from skconvexattn.heads.mixer import ConvexMixerClassifier as cls
-    elif name == "fno":
-        from skconvexattn.heads.fno import ConvexFNOClassifier as cls
-    elif name == "mlp":
-        from skconvexattn.heads.mlp import ConvexMLPClassifier as cls
-    else:  # pragma: no cover
-        raise ValueError(name)
-    return cls
+    """The estimator class of a registered head name."""
+    from skconvexattn.heads import get_head
 
-
-def available_heads():
-    out = []
-    for h in HEADS:
-        try:
-            head_class(h)
-            out.append(h)
-        except ImportError:
-            pass
-    return out
+    return get_head(name).estimator
 
 
 def lifted_features(est, X):
