@@ -26,7 +26,27 @@ __all__ = [
     "gate_side_clusters",
     "gate_side_info",
     "padding_ids",
+    "HyperplaneGatesMixin",
 ]
+
+
+class HyperplaneGatesMixin:
+    """The gate hooks of the heads gated by token-space hyperplanes (self-attention,
+    token MLP): ``n_gates`` hyperplanes drawn by :func:`hyperplane_gates`, or by
+    :func:`prototype_gates` with ``gate_init="prototypes"``; none for the linear
+    activation. ``gates_`` holds ``"H"`` ``(n_gates, d)`` and ``"c"`` ``(n_gates,)``."""
+
+    def _draw_gates(self, rng, mu, sigma, s, d):
+        if self.activation == "linear":
+            return {}
+        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
+        return {"H": H, "c": c}
+
+    def _init_gates(self, rng, X, w, mu, sigma):
+        if self.activation == "gated_relu" and self.gate_init == "prototypes":
+            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
+            return {"H": H, "c": c}
+        return super()._init_gates(rng, X, w, mu, sigma)
 
 
 def token_sides(X, H, c):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 
 import numpy as np
 
@@ -56,8 +57,8 @@ examples:
   skconvexattn fit data.npz --x-key tokens --y-key labels --n-tokens 16 \\
       --head mixer --alpha 1e-2 -o mixer.skops
 
-Heads: {heads}. Options left out take the
-estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations, alpha
+{heads}
+Options left out take the estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations, alpha
 = alpha_ratio * alpha_max_), except --random-state (0). The model (with --scale/--pca, the
 whole pipeline) is saved with skops (.joblib/.pkl: joblib, loadable with --trust only);
 its fitted attributes are NumPy arrays, so a model fitted on a GPU loads and predicts on a
@@ -155,53 +156,90 @@ def _figure_path(text):
     return text
 
 
-def build_parser():
-    from .. import __version__
-    from ..heads import registered_heads
+_DATA_HELP = "an .npz file with arrays X and y, or two .npy files X.npy y.npy"
 
-    parser = _Parser(
-        prog=PROG,
-        description=(
-            "Attention heads trained to global optimality by convex optimisation.\n"
-            "Fit a head on token features stored in NumPy files, predict with it,\n"
-            "inspect it, or run 'skconvexattn demo' to fit every head on the bundled\n"
-            "digit tokens."
-        ),
-        epilog=_MAIN_EPILOG,
-        formatter_class=_FORMATTER,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    # ---- fit
-    p = sub.add_parser(
-        "fit",
+#: help, description and epilog of every command
+_COMMAND_TEXTS = {
+    "fit": dict(
         help="fit a head on token features (.npz or X.npy y.npy) and save it",
         description=(
             "Fit a convex head on token features X and labels y, certify the solution\n"
             "with a duality gap, and save the fitted estimator (.skops)."
         ),
-        epilog=_FIT_EPILOG.format(heads=", ".join(
-            f"{h.name} = {h.estimator.__name__}" for h in registered_heads()
-        )),
-        formatter_class=_FORMATTER,
-    )
-    p.add_argument(
-        "data", nargs="+", metavar="DATA",
-        help="an .npz file with arrays X and y, or two .npy files X.npy y.npy",
-    )
-    p.add_argument("--head", required=True, choices=[h.name for h in registered_heads()],
-                   help="which head to fit")
+        epilog=_FIT_EPILOG,  # {heads}: filled with the registered heads
+    ),
+    "predict": dict(
+        help="print or save the labels a saved model predicts",
+        description="Predict labels (or class probabilities) with a saved model.",
+        epilog=_PREDICT_EPILOG,
+    ),
+    "score": dict(
+        help="accuracy of a saved model on labelled data",
+        description="Print the accuracy of a saved model on labelled token features.",
+        epilog=_SCORE_EPILOG,
+    ),
+    "info": dict(
+        help="describe a saved model: parameters, shapes, classes, certificate",
+        description="Describe a model saved by 'skconvexattn fit'.",
+        epilog=_INFO_EPILOG,
+    ),
+    "demo": dict(
+        help="fit the heads and a linear baseline on the digit tokens; print a table",
+        description=(
+            "Fit the convex heads (self-attention linear and gated, and the other heads) "
+            "and a logistic regression on the mean token on scikit-learn's 8x8 digits cut "
+            "into 2x2 patches with one-hot positions; print train/test accuracy, fit "
+            "seconds, iterations and the certified relative duality gap."
+        ),
+        epilog="example: skconvexattn demo --n-gates 4 --figure clusters.png",
+        formatter_class=argparse.HelpFormatter,
+    ),
+}
+
+
+def _command(sub, name, func, **texts):
+    """The subcommand ``name`` (texts from ``_COMMAND_TEXTS``, updated by ``texts``), run
+    by ``func(args)`` (see :func:`skconvexattn.cli.main`)."""
+    texts = {"formatter_class": _FORMATTER, **_COMMAND_TEXTS[name], **texts}
+    p = sub.add_parser(name, **texts)
+    p.set_defaults(func=func)
+    return p
+
+
+def _array_keys(p, y=True):
+    """``--x-key`` (and ``--y-key``): the array names inside an .npz file."""
+    p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
+    if y:
+        p.add_argument("--y-key", default="y", metavar="KEY", help="array name of y in an .npz (y)")
+
+
+def _saved_model(p):
+    """The ``MODEL`` argument and ``--trust`` of the commands that load a model."""
+    p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
+    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
+
+
+def _regularisation(p, alpha_type, alpha_help, ratio_help):
+    """``--alpha`` or ``--alpha-ratio`` (one of them)."""
     reg = p.add_mutually_exclusive_group()
-    reg.add_argument(
-        "--alpha", type=_alpha, metavar="A",
-        help="absolute regularisation strength (> 0), or 'auto' to choose it by "
-             "cross-validation (the head's *CV estimator); default: --alpha-ratio",
-    )
-    reg.add_argument(
-        "--alpha-ratio", type=_ratio, metavar="R",
-        help="regularisation relative to the data's alpha_max_, in (0, 1] (default: the "
-             f"heads' alpha_ratio, {DEFAULT_ALPHA_RATIO:g})",
+    reg.add_argument("--alpha", type=alpha_type, metavar="A", help=alpha_help)
+    reg.add_argument("--alpha-ratio", type=_ratio, metavar="R", help=ratio_help)
+
+
+def _fit_parser(sub, heads):
+    names = ", ".join(f"{h.name} = {h.estimator.__name__}" for h in heads)
+    names = textwrap.fill(f"Heads: {names}.", width=88)
+    p = _command(sub, "fit", cmd_fit, epilog=_FIT_EPILOG.format(heads=names))
+    p.add_argument("data", nargs="+", metavar="DATA", help=_DATA_HELP)
+    p.add_argument("--head", required=True, choices=[h.name for h in heads],
+                   help="which head to fit")
+    _regularisation(
+        p, _alpha,
+        "absolute regularisation strength (> 0), or 'auto' to choose it by "
+        "cross-validation (the head's *CV estimator); default: --alpha-ratio",
+        "regularisation relative to the data's alpha_max_, in (0, 1] (default: the "
+        f"heads' alpha_ratio, {DEFAULT_ALPHA_RATIO:g})",
     )
     p.add_argument("-o", "--output", default="model.skops", metavar="MODEL",
                    help="path of the saved model (default model.skops; .joblib or .pkl "
@@ -232,89 +270,54 @@ def build_parser():
     p.add_argument("--random-state", type=int, default=0, metavar="SEED",
                    help="seed of the random gates (default 0)")
     seen = set()
-    for spec in registered_heads():  # the options a head adds (FNO's --n-modes, ...)
+    for spec in heads:  # the options a head adds (FNO's --n-modes, ...)
         for opt in spec.options:
             if opt.param in seen:
                 continue
             seen.add(opt.param)
-            owners = ", ".join(h.name for h in registered_heads() if opt in h.options)
+            owners = ", ".join(h.name for h in heads if opt in h.options)
             p.add_argument(
                 opt.flag, type=_integer_at_least(opt.minimum), metavar=opt.metavar,
                 help=f"{owners} only: {opt.help}",
             )
-    p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
-    p.add_argument("--y-key", default="y", metavar="KEY", help="array name of y in an .npz (y)")
+    _array_keys(p)
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="print the objective and duality gap during the fit (on stderr)")
-    p.set_defaults(func=cmd_fit)
 
-    # ---- predict
-    p = sub.add_parser(
-        "predict",
-        help="print or save the labels a saved model predicts",
-        description="Predict labels (or class probabilities) with a saved model.",
-        epilog=_PREDICT_EPILOG,
-        formatter_class=_FORMATTER,
-    )
-    p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
+
+def _predict_parser(sub):
+    p = _command(sub, "predict", cmd_predict)
+    _saved_model(p)
     p.add_argument("data", metavar="DATA", help="an .npz file with array X, or X.npy")
     p.add_argument("-o", "--output", metavar="PREDS",
                    help="write to this file (.npy, or .csv/.txt as text) instead of printing")
     p.add_argument("--proba", action="store_true",
                    help="class probabilities instead of labels (log_loss models), under a "
                         "header line of class names")
-    p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
-    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
-    p.set_defaults(func=cmd_predict)
+    _array_keys(p, y=False)
 
-    # ---- score
-    p = sub.add_parser(
-        "score",
-        help="accuracy of a saved model on labelled data",
-        description="Print the accuracy of a saved model on labelled token features.",
-        epilog=_SCORE_EPILOG,
-        formatter_class=_FORMATTER,
-    )
-    p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
-    p.add_argument("data", nargs="+", metavar="DATA",
-                   help="an .npz file with arrays X and y, or two .npy files X.npy y.npy")
-    p.add_argument("--x-key", default="X", metavar="KEY", help="array name of X in an .npz (X)")
-    p.add_argument("--y-key", default="y", metavar="KEY", help="array name of y in an .npz (y)")
+
+def _score_parser(sub):
+    p = _command(sub, "score", cmd_score)
+    _saved_model(p)
+    p.add_argument("data", nargs="+", metavar="DATA", help=_DATA_HELP)
+    _array_keys(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
-    p.set_defaults(func=cmd_score)
 
-    # ---- info
-    p = sub.add_parser(
-        "info",
-        help="describe a saved model: parameters, shapes, classes, certificate",
-        description="Describe a model saved by 'skconvexattn fit'.",
-        epilog=_INFO_EPILOG,
-        formatter_class=_FORMATTER,
-    )
-    p.add_argument("model", metavar="MODEL", help="a model saved by 'skconvexattn fit'")
+
+def _info_parser(sub):
+    p = _command(sub, "info", cmd_info)
+    _saved_model(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
-    p.add_argument("--trust", action="store_true", help=_TRUST_HELP)
-    p.set_defaults(func=cmd_info)
 
-    # ---- demo
-    p = sub.add_parser(
-        "demo",
-        help="fit the heads and a linear baseline on the digit tokens; print a table",
-        description=(
-            "Fit the convex heads (self-attention linear and gated, and the other heads) "
-            "and a logistic regression on the mean token on scikit-learn's 8x8 digits cut "
-            "into 2x2 patches with one-hot positions; print train/test accuracy, fit "
-            "seconds, iterations and the certified relative duality gap."
-        ),
-        epilog="example: skconvexattn demo --n-gates 4 --figure clusters.png",
+
+def _demo_parser(sub):
+    p = _command(sub, "demo", cmd_demo)
+    _regularisation(
+        p, _positive_float,
+        "absolute regularisation (default: --alpha-ratio)",
+        f"regularisation relative to alpha_max_ (default {DEFAULT_ALPHA_RATIO:g})",
     )
-    reg = p.add_mutually_exclusive_group()
-    reg.add_argument("--alpha", type=_positive_float, metavar="A",
-                     help="absolute regularisation (default: --alpha-ratio)")
-    reg.add_argument("--alpha-ratio", type=_ratio, metavar="R",
-                     help="regularisation relative to alpha_max_ "
-                          f"(default {DEFAULT_ALPHA_RATIO:g})")
     p.add_argument("--n-gates", type=_positive_int, default=4,
                    help="gates of the gated heads (default 4)")
     p.add_argument(
@@ -331,5 +334,29 @@ def build_parser():
         default="skconvexattn_demo_clusters.png",
         help="token-cluster figure path ('' for none; needs matplotlib)",
     )
-    p.set_defaults(func=cmd_demo)
+
+
+def build_parser():
+    """The ``skconvexattn`` argument parser: every command, with the registered heads."""
+    from .. import __version__
+    from ..heads import registered_heads
+
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Attention heads trained to global optimality by convex optimisation.\n"
+            "Fit a head on token features stored in NumPy files, predict with it,\n"
+            "inspect it, or run 'skconvexattn demo' to fit every head on the bundled\n"
+            "digit tokens."
+        ),
+        epilog=_MAIN_EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _fit_parser(sub, registered_heads())
+    _predict_parser(sub)
+    _score_parser(sub)
+    _info_parser(sub)
+    _demo_parser(sub)
     return parser

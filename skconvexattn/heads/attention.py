@@ -36,9 +36,8 @@ from .._factored_ops import AttentionFactorOperator
 from .._gates import (
     gate_side_clusters,
     gate_side_info,
-    hyperplane_gates,
+    HyperplaneGatesMixin,
     padding_ids,
-    prototype_gates,
     token_sides,
 )
 from .._network import RecoveredNetwork, head_gate_masks
@@ -146,7 +145,7 @@ class SelfAttentionNetwork(RecoveredNetwork):
         return self._masks(xp, X0, real, t)
 
 
-class ConvexSelfAttentionClassifier(BaseConvexHead):
+class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
     """Self-attention classification head trained to global optimality.
 
     Fits the convex equivalent of a self-attention block with weight decay,
@@ -352,18 +351,6 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     def _work_per_sample(self, s, d):
         P = self._n_convex_blocks()
         return 2 * P * d**3 + 2 * P * d * d + P * s * d
-
-    def _draw_gates(self, rng, mu, sigma, s, d):
-        if self.activation == "linear":
-            return {}
-        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
-        return {"H": H, "c": c}
-
-    def _init_gates(self, rng, X, w, mu, sigma):
-        if self.activation == "gated_relu" and self.gate_init == "prototypes":
-            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
-            return {"H": H, "c": c}
-        return super()._init_gates(rng, X, w, mu, sigma)
 
     def _feature_map(self, gates):
         if not gates:

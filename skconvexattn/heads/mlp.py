@@ -10,8 +10,8 @@ Its convex equivalent with gated ReLU is the convex gated-ReLU network of Mishki
 (block shape ``(P, d, 1)``): a single batched GEMM of the gate sides with the tokens.
 
 Gates are the hyperplanes of the self-attention head
-(:func:`~skconvexattn._gates.hyperplane_gates`): random normals in standardised token coordinates, each through a random
-point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
+(:class:`~skconvexattn._gates.HyperplaneGatesMixin`): random normals in standardised token
+coordinates, each through a random point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
 linear model on the mean token ``xbar_i``.
 
 Padding. Padding tokens (rows entirely NaN) are zero and on no side of any gate, and the
@@ -30,9 +30,8 @@ from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO
 from .._gates import (
     gate_side_clusters,
     gate_side_info,
-    hyperplane_gates,
+    HyperplaneGatesMixin,
     padding_ids,
-    prototype_gates,
     token_sides,
 )
 from .._network import RecoveredNetwork, head_gate_masks
@@ -121,7 +120,7 @@ class TokenMLPNetwork(RecoveredNetwork):
         return xp.sum(pre, axis=1) @ t["W2"]
 
 
-class ConvexMLPClassifier(BaseConvexHead):
+class ConvexMLPClassifier(HyperplaneGatesMixin, BaseConvexHead):
     """Token-MLP classification head (the MLP baseline) trained to global optimality.
 
     Fits the convex equivalent of a two-layer MLP applied to every token with weight decay,
@@ -313,18 +312,6 @@ class ConvexMLPClassifier(BaseConvexHead):
     def _work_per_sample(self, s, d):
         P = self._n_convex_blocks()
         return 2 * P * s + 2 * P * d + s * d
-
-    def _draw_gates(self, rng, mu, sigma, s, d):
-        if self.activation == "linear":
-            return {}
-        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
-        return {"H": H, "c": c}
-
-    def _init_gates(self, rng, X, w, mu, sigma):
-        if self.activation == "gated_relu" and self.gate_init == "prototypes":
-            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
-            return {"H": H, "c": c}
-        return super()._init_gates(rng, X, w, mu, sigma)
 
     def _feature_map(self, gates):
         if not gates:
