@@ -58,11 +58,12 @@ examples:
       --head mixer --alpha 1e-2 -o mixer.skops
 
 {heads}
-Options left out take the estimator's defaults (activation gated_relu, 8 gates, tol 1e-4, 1000 iterations, alpha
-= alpha_ratio * alpha_max_), except --random-state (0). The model (with --scale/--pca, the
-whole pipeline) is saved with skops (.joblib/.pkl: joblib, loadable with --trust only);
-its fitted attributes are NumPy arrays, so a model fitted on a GPU loads and predicts on a
-machine without one. Ctrl-C saves the iterate reached, with its duality gap (exit 130).
+Options left out take the estimator's defaults (activation gated_relu, 8 gates, tol 1e-4,
+1000 iterations, alpha = alpha_ratio * alpha_max_), except --random-state (0). The model
+(with --scale/--pca, the whole pipeline) is saved with skops (.joblib/.pkl: joblib,
+loadable with --trust only); its fitted attributes are NumPy arrays, so a model fitted on
+a GPU loads and predicts on a machine without one. Ctrl-C saves the iterate reached, with
+its duality gap (exit 130).
 Summary on stdout; progress (--verbose) and warnings on stderr.
 """
 
