@@ -40,16 +40,13 @@ from ._factored import balanced_heads, block_spectra, factored_solve
 from ._factored_ops import chunk_rows_for
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
+from ._params import DEFAULT_ALPHA_RATIO, PARAMETER_DOCS, head_signature, make_init
 from ._penalty import BlockNuclearNorm
 from ._solver import alpha_max, fista, prior_and_start
 from ._validation import check_tokens
 
 __all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
 
-#: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
-#: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
-#: benchmarks/tune_alpha_ratio.py)
-DEFAULT_ALPHA_RATIO = 0.1
 
 
 def _ldexp(x, e):
@@ -156,6 +153,22 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     #: the program on ``X * 2**e`` with ``alpha * 2**(e * degree)`` is the same program
     _degree = 1
     _reduce_hint = "n_features (e.g. with TokenPCA) or n_gates"
+
+    def __init_subclass__(cls, **kwargs):
+        """A head that declares ``_own_params`` (name -> default) and no ``__init__`` gets
+        the constructor of :func:`~skconvexattn._params.head_signature` (the shared
+        parameters plus its own, less those in ``_excluded_params``) and parameter
+        constraints for exactly those; ``%(name)s`` in its docstring is filled from
+        :data:`~skconvexattn._params.PARAMETER_DOCS`."""
+        super().__init_subclass__(**kwargs)
+        if "_own_params" in cls.__dict__ and "__init__" not in cls.__dict__:
+            sig = head_signature(cls._own_params, getattr(cls, "_excluded_params", ()))
+            cls.__init__ = make_init(sig, cls.__qualname__)
+            cls._parameter_constraints = {
+                k: v for k, v in cls._parameter_constraints.items() if k in sig.parameters
+            }
+        if cls.__doc__ and "%(" in cls.__doc__:
+            cls.__doc__ = cls.__doc__ % PARAMETER_DOCS
 
     # ------------------------------------------------------------------ hooks
     def _n_convex_blocks(self):

@@ -54,6 +54,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._params import make_init
 from ._validation import check_tokens
 from .heads import get_head, registered_heads
 
@@ -612,17 +613,7 @@ def make_cv_estimator(head_class, name=None):
         P("refit", P.KEYWORD_ONLY, default=True),
         *head_params,
     ]
-    signature = inspect.Signature(params)
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        for key, value in bound.arguments.items():
-            if key != "self":
-                setattr(self, key, value)
-
-    __init__.__signature__ = signature
-    __init__.__qualname__ = f"{name}.__init__"
+    __init__ = make_init(inspect.Signature(params), name)
     constraints = {
         **{
             k: v

@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from _estimators import common_check_estimators
 from skconvexattn import model_selection
-from skconvexattn._base import DEFAULT_ALPHA_RATIO, BaseConvexHead
+from skconvexattn._base import BaseConvexHead
 from skconvexattn._network import RecoveredNetwork
 from skconvexattn._padding import split_padding
 from skconvexattn.cli import main
@@ -50,31 +50,10 @@ class MeanTokenNetwork(RecoveredNetwork):
 class ToyMeanTokenClassifier(BaseConvexHead):
     """Linear head on the mean token, nuclear-norm penalised (a test head)."""
 
-    _parameter_constraints: dict = {
-        k: v for k, v in BaseConvexHead._parameter_constraints.items()
-        if k not in ("activation", "n_gates")
-    }
+    # the shared constructor (skconvexattn._params), without gates
+    _own_params = {}
+    _excluded_params = ("activation", "n_gates")
     _network_class = MeanTokenNetwork
-
-    def __init__(self, alpha=None, *, alpha_ratio=DEFAULT_ALPHA_RATIO, loss="log_loss",
-                 fit_intercept=True, max_iter=1000, tol=1e-4, tol_scale="objective",
-                 max_time=None, device="auto", n_tokens=None, class_weight=None,
-                 memory_budget=4.0, random_state=None, verbose=0, warm_start=False):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
     def _n_convex_blocks(self):
         return 1

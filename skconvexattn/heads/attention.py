@@ -31,7 +31,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO
+from .._base import BaseConvexHead
 from .._factored_ops import AttentionFactorOperator
 from .._gates import (
     gate_side_clusters,
@@ -156,24 +156,12 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float or None, default=None
-        Absolute regularisation strength (> 0); ``None`` (default) uses
-        ``alpha_ratio * alpha_max_`` of the training data. It weighs
-        ``sum_p ||Z_p||_*``, equivalently the
-        weight decay ``alpha/2 * sum_j (||W_1j||^2 + ||W_2j||^2)`` of the non-convex network.
-        The data term is a mean over samples, so ``alpha`` does not scale with
-        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
-        model.
-    alpha_ratio : float in (0, 1], default=0.1
-        Used when ``alpha=None``: the regularisation relative to the training data's
-        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-        over between data sets of any scale (``docs/alpha.rst``).
+    %(alpha)s
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: linear attention, one block. ``"gated_relu"``: ``n_gates`` random
         hyperplane gates; token ``t`` attends to token ``t'`` through gate ``p`` only when
         both lie on the same side of its hyperplane (latent clusters).
-    n_gates : int, default=8
-        Number of gates (blocks) for ``activation="gated_relu"``.
+    %(n_gates)s
     gate_init : {"random", "prototypes"}, default="random"
         How the gate hyperplanes are drawn (from ``random_state``). ``"random"``: Gaussian
         normals in standardised token coordinates, through a random point near the mean
@@ -184,50 +172,9 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
         :func:`~skconvexattn._gates.prototype_gates`. With latent token clusters each such
         gate is close to one cluster's indicator: attention stays inside clusters and
         ``transform`` recovers them (``docs/clusters.rst``).
-    loss : {"log_loss", "squared_error"}, default="log_loss"
-        Multinomial logistic loss on the pooled logits, or squared error against one-hot
-        targets.
-    fit_intercept : bool, default=True
-        Fit an unpenalised intercept.
-    max_iter : int, default=1000
-        Maximum FISTA iterations.
-    tol : float, default=1e-4
-        Stop when the duality gap is at most ``tol`` times the objective.
-    tol_scale : {"objective", "null"}, default="objective"
-        What ``tol`` is relative to: the objective, or the loss of the intercept-only
-        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
-        nearly interpolates, so certifying takes far fewer iterations at small alpha).
-        ``convergence_`` reports the gap relative to both.
-    solver : {"auto", "fista", "factored"}, default="auto"
-        ``"fista"``: accelerated proximal gradient on the lifted features.
-        ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
-        with rank growth, never forming a lifted feature, so memory and time per sample
-        grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
-        ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the factored
-        solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
-    max_time : float or None, default=None
-        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
-        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
-    n_tokens : int, default=None
-        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
-        ``None`` means one token per row.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes, multiplied into ``sample_weight``.
-    memory_budget : float, default=4.0
-        GiB the solver may use for lifted features and weights; beyond half of it the
-        features are recomputed chunk by chunk, and a problem whose weights alone do not
-        fit is refused with a message saying what to reduce.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
-    verbose : int, default=0
-        Report progress at every duality-gap evaluation: iteration, objective, the
-        relative duality gap (the quantity compared with ``tol``), elapsed time and an
-        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
-        otherwise; 2: always plain lines.
-    warm_start : bool, default=False
-        Start from the previous solution (and keep its gates) when refitting.
+    %(fit_params)s
+    %(solver)s
+    %(run_params)s
 
     Attributes
     ----------
@@ -238,23 +185,7 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
         (empty for the linear activation).
-    n_iter_ : int
-    dual_gap_ : float
-        Duality gap of the returned solution: an upper bound on its suboptimality.
-    objective_ : float
-        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
-    alpha_ : float
-        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
-    alpha_max_ : float
-        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
-        (:meth:`compute_alpha_max` gives it without a fit).
-    convergence_ : dict
-        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
-    token_shape_ : tuple (n_tokens, n_features)
-    n_features_in_ : int
-        ``n_tokens * n_features``.
-    device_ : str
-        ``"cpu"`` or ``"cuda"``: where the fit ran.
+    %(fitted_attributes)s
 
     Notes
     -----
@@ -302,48 +233,7 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
         "or n_gates"
     )
 
-    def __init__(
-        self,
-        alpha=None,
-        *,
-        alpha_ratio=DEFAULT_ALPHA_RATIO,
-        activation="gated_relu",
-        n_gates=8,
-        gate_init="random",
-        loss="log_loss",
-        fit_intercept=True,
-        max_iter=1000,
-        tol=1e-4,
-        tol_scale="objective",
-        solver="auto",
-        max_time=None,
-        device="auto",
-        n_tokens=None,
-        class_weight=None,
-        memory_budget=4.0,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.activation = activation
-        self.n_gates = n_gates
-        self.gate_init = gate_init
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.solver = solver
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    _own_params = {"gate_init": "random", "solver": "auto"}
 
     def _block_shape(self, s, d):
         return (self._n_convex_blocks(), d * d, d)
