@@ -34,7 +34,10 @@ class HyperplaneGatesMixin:
     """The gate hooks of the heads gated by token-space hyperplanes (self-attention,
     token MLP): ``n_gates`` hyperplanes drawn by :func:`hyperplane_gates`, or by
     :func:`prototype_gates` with ``gate_init="prototypes"``; none for the linear
-    activation. ``gates_`` holds ``"H"`` ``(n_gates, d)`` and ``"c"`` ``(n_gates,)``."""
+    activation. ``gates_`` holds ``"H"`` ``(n_gates, d)`` and ``"c"`` ``(n_gates,)``. With
+    gates, ``transform`` gives the gate sides of the tokens (``_gate_side_definition``
+    says what they mean to the head); linear heads supply ``_linear_token_clusters`` and
+    ``_linear_token_cluster_info``."""
 
     def _draw_gates(self, rng, mu, sigma, s, d):
         if self.activation == "linear":
@@ -47,6 +50,18 @@ class HyperplaneGatesMixin:
             H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
             return {"H": H, "c": c}
         return super()._init_gates(rng, X, w, mu, sigma)
+
+    def _token_clusters(self, X):
+        """Gated: the gate sides (:func:`gate_side_clusters`); linear: the head's
+        ``_linear_token_clusters``."""
+        if self.activation == "gated_relu":
+            return gate_side_clusters(self, X)
+        return self._linear_token_clusters(X)
+
+    def _token_cluster_info(self):
+        if self.activation == "gated_relu":
+            return gate_side_info(self, self._gate_side_definition)
+        return self._linear_token_cluster_info()
 
 
 def token_sides(X, H, c):

@@ -34,15 +34,12 @@ from .._backend import get_namespace
 from .._base import BaseConvexHead
 from .._factored_ops import AttentionFactorOperator
 from .._gates import (
-    gate_side_clusters,
-    gate_side_info,
     HyperplaneGatesMixin,
     padding_ids,
     token_sides,
 )
 from .._network import RecoveredNetwork, head_gate_masks
 from .._padding import split_padding
-from .._penalty import active_order
 
 __all__ = [
     "ConvexSelfAttentionClassifier",
@@ -263,19 +260,16 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
             sides = token_sides(X0, gates["H"], gates["c"]) * real[:, :, None]
         return AttentionFactorOperator(X0, sides, 1.0 / counts, chunk_rows)
 
-    def _token_clusters(self, X):
-        if self.activation == "gated_relu":
-            return gate_side_clusters(self, X)
+    _gate_side_definition = (
+        "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th most "
+        "important active gate; tokens with the same id attend to each other through "
+        "every active gate"
+    )
+
+    def _linear_token_clusters(self, X):
         return _leading_head_clusters(self, X)
 
-    def _token_cluster_info(self):
-        if self.activation == "gated_relu":
-            return gate_side_info(
-                self,
-                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                "most important active gate; tokens with the same id attend to each "
-                "other through every active gate",
-            )
+    def _linear_token_cluster_info(self):
         S, U, V = self.to_nonconvex().leading_heads(_MAX_HEADS)
         return Bunch(
             kind="leading_heads",

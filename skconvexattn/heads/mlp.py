@@ -28,8 +28,6 @@ from sklearn.utils._param_validation import StrOptions
 from .._backend import get_namespace
 from .._base import BaseConvexHead
 from .._gates import (
-    gate_side_clusters,
-    gate_side_info,
     HyperplaneGatesMixin,
     padding_ids,
     token_sides,
@@ -236,18 +234,15 @@ class ConvexMLPClassifier(HyperplaneGatesMixin, BaseConvexHead):
                 return gated_token_operator(X, gates["H"], gates["c"], center=center)
         return super()._operator(gates, X, block_shape, n_outputs, plan, center)
 
-    def _token_clusters(self, X):
-        if self.activation == "gated_relu":
-            return gate_side_clusters(self, X)
+    _gate_side_definition = (
+        "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th most "
+        "important active gate"
+    )
+
+    def _linear_token_clusters(self, X):
         return _leading_neuron_clusters(self, X)
 
-    def _token_cluster_info(self):
-        if self.activation == "gated_relu":
-            return gate_side_info(
-                self,
-                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                "most important active gate",
-            )
+    def _linear_token_cluster_info(self):
         S, U, _ = self.to_nonconvex().leading_heads(8)
         return Bunch(
             kind="leading_neurons",
