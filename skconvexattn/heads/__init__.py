@@ -184,4 +184,4 @@ register_head(
         HeadOption("n_blocks", "split the channels into B blocks (AFNO)", "B"),
     ),
 )
-register_head("mlp", ConvexMLPClassifier, label="MLP head")
+register_head("mlp", ConvexMLPClassifier, label="token MLP")
