@@ -203,16 +203,14 @@ def lifted_features(est, X):
 
 def objective(Phi, Z, b, Y, alpha, loss):
     """Convex objective (mean loss + alpha * sum of nuclear norms), float64."""
+    from skconvexattn._datafits import get_datafit
+
     n, P, R, L = Phi.shape
     c = Y.shape[1]
     O = Phi.reshape(n, -1).astype(np.float64) @ np.asarray(Z, np.float64).reshape(P * R * L, c)
     O = O + np.asarray(b, np.float64)[None, :]
-    if loss == "log_loss":
-        m = O.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(O - m).sum(axis=1)) + m[:, 0]
-        data = np.mean(lse - (O * Y).sum(axis=1))
-    else:
-        data = 0.5 * np.mean(((O - Y) ** 2).sum(axis=1))
+    w = np.full(n, 1.0 / n)  # the mean over samples
+    data = float(get_datafit(loss).value(O, np.asarray(Y, np.float64), w))
     nuc = sum(np.linalg.svd(np.asarray(Z[p], np.float64), compute_uv=False).sum() for p in range(P))
     return float(data + alpha * nuc)
 

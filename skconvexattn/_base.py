@@ -2,6 +2,10 @@
 
 A head subclass supplies only what is specific to its architecture:
 
+* ``_own_params``: its own constructor parameters (name -> default); the ``__init__``, with
+  the shared parameters, is generated (:mod:`skconvexattn._params`), and constraints for
+  its own parameters go in ``_parameter_constraints``;
+* ``_n_convex_blocks()`` when its number of blocks ``P`` is not ``n_gates`` (1 if linear);
 * ``_block_shape(s, d)`` -> ``(P, R, L)``: blocks, rows and columns-per-class of ``Z``;
 * ``_draw_gates(rng, mu, sigma, s, d)`` -> dict of NumPy arrays (empty for ``linear``);
 * ``_feature_map(gates)`` -> callable ``X (m, s, d) -> Phi (m, P, R, L)`` (in the

@@ -38,7 +38,7 @@ from .._gates import (
     padding_ids,
     token_sides,
 )
-from .._network import RecoveredNetwork, head_gate_masks
+from .._network import RecoveredNetwork, _as_tokens, head_gate_masks
 from .._padding import split_padding
 
 __all__ = [
@@ -130,8 +130,6 @@ class SelfAttentionNetwork(RecoveredNetwork):
     def attention_masks(self, X):
         """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear),
         zero in the rows and columns of padding tokens."""
-        from .._network import _as_tokens
-
         X0, real, _ = split_padding(_as_tokens(X, self.token_shape))
         xp = get_namespace(X0)
         t = {}
