@@ -27,7 +27,7 @@ import math
 import numpy as np
 from sklearn.utils.class_weight import compute_sample_weight
 
-from ._backend import get_namespace
+from ._backend import get_namespace, import_optional
 from ._datafits import get_datafit, softmax
 from ._padding import split_padding
 from ._penalty import active_singular_values
@@ -307,14 +307,9 @@ class RecoveredNetwork:
 
 # ------------------------------------------------------------------ torch
 def _import_torch():
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "to_torch() needs PyTorch, which is not installed. Install it with "
-            "`pip install torch` (CPU wheels are enough)."
-        ) from exc
-    return torch
+    return import_optional(
+        "torch", "to_torch()", "PyTorch", "pip install torch", " (CPU wheels are enough)"
+    )
 
 
 _TORCH_CLASS = None

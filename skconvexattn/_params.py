@@ -117,17 +117,6 @@ PARAMETER_DOCS = {
             model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
             nearly interpolates, so certifying takes far fewer iterations at small alpha).
             ``convergence_`` reports the gap relative to both.
-    """),
-    "solver": _doc("""
-        solver : {"auto", "fista", "factored"}, default="auto"
-            ``"fista"``: accelerated proximal gradient on the lifted features.
-            ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
-            with rank growth, never forming a lifted feature, so memory and time per sample
-            grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
-            ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the
-            factored solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
-    """),
-    "run_params": _doc("""
         max_time : float or None, default=None
             Seconds after which the solver stops as at ``max_iter``: the iterate reached,
             its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
@@ -152,7 +141,18 @@ PARAMETER_DOCS = {
         warm_start : bool, default=False
             Start from the previous solution (and keep its gates) when refitting.
     """),
+    "solver": _doc("""
+        solver : {"auto", "fista", "factored"}, default="auto"
+            ``"fista"``: accelerated proximal gradient on the lifted features.
+            ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
+            with rank growth, never forming a lifted feature, so memory and time per sample
+            grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
+            ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the
+            factored solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
+    """),
     "fitted_attributes": _doc("""
+        classes_ : ndarray of shape (n_classes,)
+        intercept_ : ndarray of shape (n_classes,)
         n_iter_ : int
         dual_gap_ : float
             Duality gap of the returned solution: an upper bound on its suboptimality.

@@ -167,16 +167,13 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
         :func:`~skconvexattn._gates.prototype_gates`. With latent token clusters each such
         gate is close to one cluster's indicator: attention stays inside clusters and
         ``transform`` recovers them (``docs/clusters.rst``).
-    %(fit_params)s
     %(solver)s
-    %(run_params)s
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_features**2, n_features * n_classes)
         The convex weights ``Z_p``.
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
         (empty for the linear activation).

@@ -380,17 +380,14 @@ class ConvexFNOClassifier(BaseConvexHead):
         (``n_blocks <= n_features``); each neuron's kernel reads one group, with one nuclear
         norm per (gate, group) block: block-diagonal channel mixing, as in AFNO.
     %(fit_params)s
-    %(run_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_gates * n_blocks, M * gmax, n_classes)
         The convex weights ``Z_p``, blocks gate-major (``p * n_blocks + g``), rows
         ``(tau, f)`` (or ``(mode, f)`` with ``n_modes``; ``M`` = ``n_tokens`` or the number of
         real Fourier columns), ``f`` running over the group's channels zero-padded to the
         largest group ``gmax = ceil(n_features / n_blocks)``. One gate for ``"linear"``.
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_tokens, n_features): the gate kernels ``h_p``; ``"mu"`` and
         ``"sigma"`` (n_features,): the token standardisation they act on. Empty for the

@@ -201,17 +201,14 @@ class ConvexMixerClassifier(BaseConvexHead):
         gates ``1{H_p Xtilde_i >= 0}`` on the (standardised) token-mixed features, one block
         each.
     %(n_gates)s
-    %(fit_params)s
     %(solver)s
-    %(run_params)s
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_tokens**2, n_features * n_classes)
         The convex weights ``Z_p``: rows ``(t, t')`` index ``W_1``, columns ``(f, b)``
         index ``W_2`` (row-major).
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_tokens, n_tokens): gate matrices; ``"mu"`` and ``"sigma"``
         (n_features,): the token standardisation applied before gating (empty for the

@@ -143,14 +143,11 @@ class ConvexMLPClassifier(HyperplaneGatesMixin, BaseConvexHead):
         the mean token (:func:`~skconvexattn._gates.prototype_gates`), which follow latent
         token clusters (as the self-attention head's, ``docs/clusters.rst``).
     %(fit_params)s
-    %(run_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_features, n_classes)
         The convex weights ``Z_p`` (rows ``f`` index ``w_1``, columns ``b`` index ``w_2``).
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
         (empty for the linear activation).
