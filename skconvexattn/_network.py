@@ -119,7 +119,7 @@ def network_logits(cls, X, tensors, input_scale_exp=0):
          for k, v in tensors.items()}
     b = t["intercept"]
     if t["W1"].shape[0] == 0:  # the all-zero model: the intercept alone
-        return xp.zeros((X.shape[0], b.shape[0]), dtype=X.dtype) + b
+        return X0[:, 0, :1] * 0 + b  # (n, c), on the device of X
     return cls._head_outputs(xp, X0, real, t) / counts[:, None] + b
 
 

@@ -33,7 +33,16 @@ import sys
 
 from .commands import describe
 from .demo import demo
-from .io import PROG, CommandError, load_data, load_model, one_line, save_model, trusted_types
+from .io import (
+    PICKLE_SUFFIXES,
+    PROG,
+    CommandError,
+    load_data,
+    load_model,
+    one_line,
+    save_model,
+    trusted_types,
+)
 from .parser import build_parser
 
 __all__ = [
