@@ -40,6 +40,9 @@ def parse_args(argv, description, extra=None, heads=False):
     args = p.parse_args(argv)
     if heads:
         args.heads = args.heads.split(",") if args.heads else available_heads()
+        unknown = [h for h in args.heads if h not in HEADS]
+        if unknown:
+            p.error(f"--heads: unknown {', '.join(unknown)}; choose among {', '.join(HEADS)}")
     return args
 
 
