@@ -11,8 +11,8 @@ Its convex equivalent with gated ReLU is the convex gated-ReLU network of Mishki
 
 Gates are the hyperplanes of the self-attention head
 (:class:`~skconvexattn._gates.HyperplaneGatesMixin`): random normals in standardised token
-coordinates, each through a random point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
-linear model on the mean token ``xbar_i``.
+coordinates, each through a random point near the data, so both sides hold tokens. With
+``activation='linear'`` the head is a linear model on the mean token ``xbar_i``.
 
 Padding. Padding tokens (rows entirely NaN) are zero and on no side of any gate, and the
 pooling divides by the number ``s_i`` of real tokens: ``Phi_i^(p) = (1/s_i) sum over the
