@@ -33,11 +33,7 @@ from sklearn.utils._param_validation import StrOptions
 from .._backend import get_namespace
 from .._base import BaseConvexHead
 from .._factored_ops import AttentionFactorOperator
-from .._gates import (
-    HyperplaneGatesMixin,
-    padding_ids,
-    token_sides,
-)
+from .._gates import HyperplaneGatesMixin, padding_ids, token_sides
 from .._network import RecoveredNetwork, _as_tokens, head_gate_masks
 from .._padding import split_padding
 

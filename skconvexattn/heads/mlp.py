@@ -27,11 +27,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
 from .._base import BaseConvexHead
-from .._gates import (
-    HyperplaneGatesMixin,
-    padding_ids,
-    token_sides,
-)
+from .._gates import HyperplaneGatesMixin, padding_ids, token_sides
 from .._network import RecoveredNetwork, head_gate_masks
 from .._operator import GatedTokenOperator
 from .._padding import split_padding
