@@ -33,12 +33,16 @@ def parse_args(argv, description, extra=None, heads=False):
     p.add_argument("--out", default=str(RESULTS), help="folder of the JSON results")
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (median)")
     if heads:
-        p.add_argument("--heads", default=None, help="comma-separated heads (default: all)")
+        p.add_argument("--heads", default=None,
+                       help=f"comma-separated heads among {', '.join(HEADS)} (default: all)")
     if extra is not None:
         extra(p)
     args = p.parse_args(argv)
     if heads:
         args.heads = args.heads.split(",") if args.heads else available_heads()
+        unknown = [h for h in args.heads if h not in HEADS]
+        if unknown:
+            p.error(f"--heads: unknown {', '.join(unknown)}; choose among {', '.join(HEADS)}")
     return args
 
 
@@ -177,54 +181,39 @@ def make_data(n, s, d, c=2, seed=0):
     return np.ascontiguousarray(X), y
 
 
-HEADS = ("attention", "mixer", "fno", "mlp")
+def available_heads():
+    """The names of the registered heads (:mod:`skconvexattn.heads`), in registry order."""
+    from skconvexattn.heads import registered_heads
+
+    return [spec.name for spec in registered_heads()]
+
+
+HEADS = tuple(available_heads())
 
 
 def head_class(name):
-    if name == "attention":
-        from skconvexattn.heads.attention import ConvexSelfAttentionClassifier as cls
-    elif name == "mixer":
-        from skconvexattn.heads.mixer import ConvexMixerClassifier as cls
-    elif name == "fno":
-        from skconvexattn.heads.fno import ConvexFNOClassifier as cls
-    elif name == "mlp":
-        from skconvexattn.heads.mlp import ConvexMLPClassifier as cls
-    else:  # pragma: no cover
-        raise ValueError(name)
-    return cls
+    """The estimator class of a registered head name."""
+    from skconvexattn.heads import get_head
 
-
-def available_heads():
-    out = []
-    for h in HEADS:
-        try:
-            head_class(h)
-            out.append(h)
-        except ImportError:
-            pass
-    return out
+    return get_head(name).estimator
 
 
 def lifted_features(est, X):
     """The fitted head's lifted features ``(n, P, R, L)`` (uncentred, NumPy)."""
-    from array_api_compat import numpy as xp
-
     gates = {k: np.asarray(v, dtype=X.dtype) for k, v in est.gates_.items()}
-    return np.asarray(est._feature_map(gates, xp)(X))
+    return np.asarray(est._feature_map(gates)(X))
 
 
 def objective(Phi, Z, b, Y, alpha, loss):
     """Convex objective (mean loss + alpha * sum of nuclear norms), float64."""
+    from skconvexattn._datafits import get_datafit
+
     n, P, R, L = Phi.shape
     c = Y.shape[1]
     O = Phi.reshape(n, -1).astype(np.float64) @ np.asarray(Z, np.float64).reshape(P * R * L, c)
     O = O + np.asarray(b, np.float64)[None, :]
-    if loss == "log_loss":
-        m = O.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(O - m).sum(axis=1)) + m[:, 0]
-        data = np.mean(lse - (O * Y).sum(axis=1))
-    else:
-        data = 0.5 * np.mean(((O - Y) ** 2).sum(axis=1))
+    w = np.full(n, 1.0 / n)  # the mean over samples
+    data = float(get_datafit(loss).value(O, np.asarray(Y, np.float64), w))
     nuc = sum(np.linalg.svd(np.asarray(Z[p], np.float64), compute_uv=False).sum() for p in range(P))
     return float(data + alpha * nuc)
 

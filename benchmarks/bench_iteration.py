@@ -58,7 +58,7 @@ def build(head, n, s, d, c, P, dtype=np.float64):
     gates = {k: np.asarray(v, dtype=dtype) for k, v in probe.gates_.items()}
     Pb, R, L = probe._block_shape(s, d)
     w = np.full(n, 1.0 / n, dtype=dtype)
-    op = LiftedOperator(probe._feature_map(gates, xp), X, (Pb, R, L), None, center=w)
+    op = LiftedOperator(probe._feature_map(gates), X, (Pb, R, L), None, center=w)
     Y = C.one_hot(y, np.unique(y)).astype(dtype)
     resolve_device("cpu")
     return op, get_datafit("log_loss"), Y, w, (Pb, R, L)

@@ -36,8 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-HEADS = ("ConvexSelfAttentionClassifier", "ConvexMixerClassifier", "ConvexFNOClassifier",
-         "ConvexMLPClassifier")
+def _registered_head_classes():
+    """Class names of the registered heads (:mod:`skconvexattn.heads`), the result keys."""
+    from skconvexattn.heads import registered_heads
+
+    return tuple(spec.estimator.__name__ for spec in registered_heads())
+
+
+HEADS = _registered_head_classes()
 
 
 def load(name, n_train, seed=0):

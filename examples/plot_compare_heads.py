@@ -15,7 +15,6 @@ differs from head to head (see :ref:`alpha`).
 
 # %%
 import time
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,13 +22,8 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from skconvexattn import (
-    ConvexFNOClassifier,
-    ConvexMixerClassifier,
-    ConvexMLPClassifier,
-    ConvexSelfAttentionClassifier,
-)
 from skconvexattn.datasets import make_token_clusters
+from skconvexattn.heads import registered_heads
 
 data = make_token_clusters(n_samples=600, random_state=0)
 X_train, X_test, y_train, y_test = train_test_split(
@@ -42,25 +36,18 @@ print(f"logistic regression on the mean token: {baseline.score(X_test.mean(axis=
 
 
 # %%
-# ``alpha_max_`` depends on the data and the gates but not on ``alpha``, so a
-# one-iteration fit reads it off; the real fit then uses a fraction of it.
+# ``alpha_max_`` depends on the data and the gates but not on ``alpha``:
+# ``compute_alpha_max`` gives it from the gradient at zero, without a fit; the fit then
+# uses a fraction of it (the same as ``alpha_ratio=0.01``).
 def fit_relative(estimator, X, y, ratio=0.01):
-    probe = clone(estimator).set_params(max_iter=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the probe does not converge, by design
-        probe.fit(X, y)
-    est = clone(estimator).set_params(alpha=ratio * probe.alpha_max_)
+    est = clone(estimator).set_params(alpha=ratio * estimator.compute_alpha_max(X, y))
     start = time.perf_counter()
     est.fit(X, y)
     return est, time.perf_counter() - start
 
 
-heads = {
-    "self-attention": ConvexSelfAttentionClassifier,
-    "MLP-Mixer": ConvexMixerClassifier,
-    "FNO": ConvexFNOClassifier,
-    "token MLP": ConvexMLPClassifier,
-}
+# every registered head (skconvexattn.heads), by its label
+heads = {spec.label: spec.estimator for spec in registered_heads()}
 rows = []
 for name, cls in heads.items():
     for activation in ("linear", "gated_relu"):

@@ -6,30 +6,17 @@ The heads are scikit-learn classifiers on token features of shape
 solution with a duality gap.
 """
 
-from .heads.attention import ConvexSelfAttentionClassifier
-from .heads.fno import ConvexFNOClassifier
-from .heads.mixer import ConvexMixerClassifier
-from .heads.mlp import ConvexMLPClassifier
-from .model_selection import (
-    ConvexFNOClassifierCV,
-    ConvexMixerClassifierCV,
-    ConvexMLPClassifierCV,
-    ConvexSelfAttentionClassifierCV,
-)
+from . import model_selection as _model_selection
+from .heads import registered_heads as _registered_heads
 from .preprocessing import TokenPCA, TokenStandardScaler
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
-    "ConvexSelfAttentionClassifier",
-    "ConvexFNOClassifier",
-    "ConvexMixerClassifier",
-    "ConvexMLPClassifier",
-    "ConvexSelfAttentionClassifierCV",
-    "ConvexMixerClassifierCV",
-    "ConvexFNOClassifierCV",
-    "ConvexMLPClassifierCV",
-    "TokenStandardScaler",
-    "TokenPCA",
-    "__version__",
-]
+__all__ = []
+# every head of the registry (skconvexattn.heads) and its cross-validated twin
+for _spec in _registered_heads():
+    for _cls in (_spec.estimator, _model_selection.cv_estimator(_spec.estimator)):
+        globals()[_cls.__name__] = _cls
+        __all__.append(_cls.__name__)
+del _spec, _cls
+__all__ += ["TokenStandardScaler", "TokenPCA", "__version__"]

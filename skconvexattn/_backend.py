@@ -11,7 +11,15 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace, to_device  # noqa: F401
 from array_api_compat import numpy as np_compat
 
-__all__ = ["get_namespace", "resolve_device", "to_numpy", "cuda_available", "Backend"]
+__all__ = [
+    "get_namespace",
+    "resolve_device",
+    "to_numpy",
+    "scalar",
+    "cuda_available",
+    "Backend",
+    "import_optional",
+]
 
 
 def get_namespace(*arrays):
@@ -119,3 +127,18 @@ def to_numpy(a):
 def scalar(a) -> float:
     """A 0-d array as a Python float (one host transfer)."""
     return float(to_numpy(a))
+
+
+def import_optional(module, needed_by, name, install, note=""):
+    """Import the optional dependency ``module``, or raise an ``ImportError`` saying what
+    needs it and how to install it: "<needed_by> needs <name>, which is not installed.
+    Install it with `<install>`<note>." """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{needed_by} needs {name}, which is not installed. Install it with "
+            f"`{install}`{note}."
+        ) from exc

@@ -2,15 +2,21 @@
 
 A head subclass supplies only what is specific to its architecture:
 
+* ``_own_params``: its own constructor parameters (name -> default); the ``__init__``, with
+  the shared parameters, is generated (:mod:`skconvexattn._params`), and constraints for
+  its own parameters go in ``_parameter_constraints``;
+* ``_n_convex_blocks()`` when its number of blocks ``P`` is not ``n_gates`` (1 if linear);
 * ``_block_shape(s, d)`` -> ``(P, R, L)``: blocks, rows and columns-per-class of ``Z``;
 * ``_draw_gates(rng, mu, sigma, s, d)`` -> dict of NumPy arrays (empty for ``linear``);
-* ``_feature_map(gates, xp)`` -> callable ``X (m, s, d) -> Phi (m, P, R, L)``;
+* ``_feature_map(gates)`` -> callable ``X (m, s, d) -> Phi (m, P, R, L)`` (in the
+  namespace of ``X``);
 * ``_work_per_sample(s, d)``: scratch floats the feature map needs per sample;
 * ``_token_clusters(X)``: the ``transform`` output, and ``_token_cluster_info()``: what
   it is read from (:meth:`token_cluster_info`);
-* ``_to_nonconvex()``: the recovered network (:mod:`skconvexattn.nonconvex`);
+* ``_network_class``: the recovered network's class (a
+  :class:`~skconvexattn._network.RecoveredNetwork` in the head's module);
 * optionally ``_init_gates(rng, X, w, mu, sigma)``: gates that look at the training tokens;
-* ``_head_name`` and ``_reduce_hint`` for messages.
+* ``_reduce_hint`` for messages.
 
 Everything else (validation, devices, memory planning, the solver, the fitted
 attributes, predictions) lives here once.
@@ -32,22 +38,19 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._backend import get_namespace, resolve_device, to_numpy
-from ._datafits import get_datafit
+from ._backend import get_namespace, resolve_device, scalar, to_numpy
+from ._datafits import get_datafit, softmax
 from ._factored import balanced_heads, block_spectra, factored_solve
 from ._factored_ops import chunk_rows_for
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
+from ._params import DEFAULT_ALPHA_RATIO, PARAMETER_DOCS, head_signature, make_init
 from ._penalty import BlockNuclearNorm
 from ._solver import alpha_max, fista, prior_and_start
 from ._validation import check_tokens
 
 __all__ = ["BaseConvexHead", "DEFAULT_ALPHA_RATIO"]
 
-#: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
-#: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
-#: benchmarks/tune_alpha_ratio.py)
-DEFAULT_ALPHA_RATIO = 0.1
 
 
 def _ldexp(x, e):
@@ -150,14 +153,30 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         "warm_start": ["boolean"],
     }
 
-    _head_name = "convex head"
     #: the lifted features are homogeneous of this degree in ``X`` (self-attention: 3);
     #: the program on ``X * 2**e`` with ``alpha * 2**(e * degree)`` is the same program
     _degree = 1
     _reduce_hint = "n_features (e.g. with TokenPCA) or n_gates"
 
+    def __init_subclass__(cls, **kwargs):
+        """A head that declares ``_own_params`` (name -> default) and no ``__init__`` gets
+        the constructor of :func:`~skconvexattn._params.head_signature` (the shared
+        parameters plus its own, less those in ``_excluded_params``) and parameter
+        constraints for exactly those; ``%(name)s`` in its docstring is filled from
+        :data:`~skconvexattn._params.PARAMETER_DOCS`."""
+        super().__init_subclass__(**kwargs)
+        if "_own_params" in cls.__dict__ and "__init__" not in cls.__dict__:
+            sig = head_signature(cls._own_params, getattr(cls, "_excluded_params", ()))
+            cls.__init__ = make_init(sig, cls.__qualname__)
+            cls._parameter_constraints = {
+                k: v for k, v in cls._parameter_constraints.items() if k in sig.parameters
+            }
+        if cls.__doc__ and "%(" in cls.__doc__:
+            cls.__doc__ = cls.__doc__ % PARAMETER_DOCS
+
     # ------------------------------------------------------------------ hooks
-    def _n_blocks(self):
+    def _n_convex_blocks(self):
+        """Number ``P`` of blocks ``Z_p`` of the convex program."""
         return 1 if self.activation == "linear" else self.n_gates
 
     def _block_shape(self, s, d):  # pragma: no cover - abstract
@@ -166,16 +185,16 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _draw_gates(self, rng, mu, sigma, s, d):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _feature_map(self, gates, xp):  # pragma: no cover - abstract
+    def _feature_map(self, gates):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _operator(self, gates, X, xp, block_shape, n_outputs, plan, center=None):
+    def _operator(self, gates, X, block_shape, n_outputs, plan, center=None):
         """The lifted operator of ``X``: materialised or chunked features (the default).
 
         Heads with a cheaper matrix-free form for some shapes override this.
         """
         return LiftedOperator(
-            self._feature_map(gates, xp), X, block_shape, plan.chunk_rows, center=center,
+            self._feature_map(gates), X, block_shape, plan.chunk_rows, center=center,
             build_rows=getattr(plan, "build_rows", None),
         )
 
@@ -266,7 +285,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         else:
             gates = self._init_gates(rng, X3, w, mu, sigma)
 
-        xp = backend.xp
         Xd = backend.asarray(X3)
         Y = np.zeros((n, c), dtype=dtype)
         Y[np.arange(n), y_enc] = 1.0
@@ -279,14 +297,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             grad_at_zero = None
         else:
             op = self._operator(
-                gates_d, Xd, xp, (P, R, L), c, plan, wd if self.fit_intercept else None
+                gates_d, Xd, (P, R, L), c, plan, wd if self.fit_intercept else None
             )
             amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
         return Bunch(
             factored=factored,
             X3=X3, classes=classes, dtype=dtype, block_shape=(P, R, L), plan=plan,
             backend=backend, gates=gates, gate_key=gate_key, op=op, datafit=datafit,
-            Y=Yd, w=wd, alpha_max=float(to_numpy(amax)), grad_at_zero=grad_at_zero,
+            Y=Yd, w=wd, alpha_max=scalar(amax), grad_at_zero=grad_at_zero,
             scale_exp=scale_exp,
         )
 
@@ -422,10 +440,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                     coef_init, intercept_init = c_init, b_init
                 if len(candidates) == 1:
                     break
-                value = float(to_numpy(
+                value = scalar(
                     datafit.value(op.forward(c_init) + b_init[None, :], Yd, wd)
                     + alpha_solve * BlockNuclearNorm().value(c_init)
-                ))
+                )
                 if value < best:  # a NaN value is never chosen
                     best, coef_init, intercept_init = value, c_init, b_init
             step_init = getattr(self, "_solver_step", None)
@@ -512,7 +530,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         a_shape = self._factor_a_shape(s, d)
         if a_shape is None:
             return math.inf
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         factors = P * heads * (math.prod(a_shape) + d * c)
         data = n * s * d * 2 + n * P * (2 * d + s)
         return itemsize * (28 * factors + data + self._factor_scratch(s, d, c, heads))
@@ -655,7 +673,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                     return (O + self.intercept_.astype(np.float64)[None, :]).astype(X3.dtype)
             return O
         backend = resolve_device(self.device, for_predict=True)
-        xp = backend.xp
         n, s, d = X3.shape
         P, R, L = self.coef_.shape[0], self.coef_.shape[1], self._block_shape(s, d)[2]
         dtype = X3.dtype
@@ -670,7 +687,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             self._reduce_hint,
         )
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        op = self._operator(gates, backend.asarray(X3), xp, (P, R, L), self.classes_.shape[0], plan)
+        op = self._operator(gates, backend.asarray(X3), (P, R, L), self.classes_.shape[0], plan)
         O = op.forward(backend.asarray(self.coef_.astype(dtype)))
         if extra:
             with np.errstate(over="ignore", under="ignore"):  # saturate to +-inf
@@ -729,15 +746,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         O = self._logits(check_tokens(self, X, reset=False))
         dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
-        O = O.astype(np.float64)
-        top = O.max(axis=1, keepdims=True)
-        infinite = ~np.isfinite(top[:, 0])
-        if infinite.any():  # logits beyond the float range: the limit of the softmax
-            O[infinite] = np.where(O[infinite] == top[infinite], 0.0, -np.inf)
-            top[infinite] = 0.0
         with np.errstate(over="ignore"):  # a difference beyond -max: probability 0
-            E = np.exp(O - top)
-        return (E / E.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
+            return softmax(O.astype(np.float64)).astype(dtype, copy=False)
 
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
@@ -771,12 +781,21 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return np.asarray([f"{prefix}_token{t}" for t in range(self.token_shape_[0])], dtype=object)
 
     # ------------------------------------------------------------------ inspection
-    def block_norms(self):
-        """Nuclear norm of each fitted block (gate): its importance, shape ``(P,)``."""
+    def _singular_values(self):
+        """Singular values of every fitted block, shape ``(P, k)`` (float64): those of
+        ``coef_``, or of the factored fit's heads (``factor_singular_values_``).
+
+        The recovered network has one head per active value
+        (:func:`~skconvexattn._penalty.active_singular_values`).
+        """
         check_is_fitted(self)
         if "factor_singular_values_" in self.__dict__:
-            return np.asarray(self.factor_singular_values_, dtype=np.float64).sum(axis=1)
-        return to_numpy(BlockNuclearNorm().block_norms(np.asarray(self.coef_, dtype=np.float64)))
+            return np.asarray(self.factor_singular_values_, dtype=np.float64)
+        return np.linalg.svd(np.asarray(self.coef_, dtype=np.float64), compute_uv=False)
+
+    def block_norms(self):
+        """Nuclear norm of each fitted block (gate): its importance, shape ``(P,)``."""
+        return self._singular_values().sum(axis=1)
 
     def token_cluster_info(self):
         """What ``transform`` assigns token clusters from (see ``docs/clusters.rst``).
@@ -792,7 +811,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self._token_cluster_info()
 
     def to_nonconvex(self):
-        """The non-convex network recovered from the fitted blocks (SPEC 2.4).
+        """The non-convex network recovered from the fitted blocks (``docs/convexity.rst``).
 
         The compact SVD ``Z_p = sum_j sigma_j u_j v_j^T`` of every block gives one head (or
         neuron) per singular value, ``W_1j = sqrt(sigma_j) u_j``, ``W_2j = sqrt(sigma_j) v_j``
@@ -805,37 +824,15 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         -------
         net : :class:`~skconvexattn.nonconvex.RecoveredNetwork`
             With ``decision_function``, ``objective``, ``weight_decay``, ``n_heads`` and
-            ``to_torch()``.
+            ``to_torch()``; one head per active singular value
+            (:func:`~skconvexattn._penalty.active_singular_values`).
         """
         check_is_fitted(self)
-        return self._to_nonconvex()
+        return self._network_class._from_estimator(self)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = []
         return tags
-
-
-def _active_order(norms, rtol=1e-8):
-    """Indices of blocks with a non-negligible nuclear norm, most important first."""
-    if norms.size == 0 or norms.max() <= 0:
-        return np.zeros(0, dtype=int)
-    order = np.argsort(-norms, kind="stable")
-    return order[norms[order] > rtol * norms.max()]
-
-
-def sign_pattern_clusters(sides, norms, max_bits=None):
-    """Cluster ids from the gates' sides: bit ``j`` is the side of the ``j``-th most
-    important active gate (gates whose block is zero are ignored).
-
-    ``sides`` has shape ``(n, s, P)`` (0/1); returns ``(n, s)`` integers.
-    """
-    order = _active_order(norms)
-    if max_bits is not None:
-        order = order[:max_bits]
-    if order.size == 0:
-        return np.zeros(sides.shape[:2], dtype=np.int64)
-    bits = sides[:, :, order].astype(np.int64)
-    return bits @ (1 << np.arange(order.size, dtype=np.int64))
 

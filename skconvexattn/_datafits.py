@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ._backend import get_namespace
 
-__all__ = ["LogLoss", "SquaredError", "get_datafit"]
+__all__ = ["LogLoss", "SquaredError", "get_datafit", "softmax"]
 
 
 # Reductions along the short class axis of an ``(n, c)`` array are slow in NumPy (an inner
@@ -46,6 +46,23 @@ def _shifted_exp(O, xp):
     m = _row_max(O, xp)
     E = xp.exp(O - m[:, None])
     return m, E, _row_sum(E, xp)
+
+
+def softmax(O):
+    """Row-wise softmax of the logits ``O`` (``(n, c)``), in their namespace and dtype.
+
+    Overflow-safe (the row maximum is subtracted); a row whose maximum is infinite gets
+    the limit of the softmax (its infinite entries share the mass), and entries far below
+    the maximum get probability 0.
+    """
+    xp = get_namespace(O)
+    top = xp.max(O, axis=1, keepdims=True)
+    finite = xp.isfinite(top)
+    if not bool(xp.all(finite)):  # logits beyond the float range
+        O = xp.where(finite, O, xp.where(O == top, xp.zeros_like(O), -xp.inf * xp.ones_like(O)))
+        top = xp.where(finite, top, xp.zeros_like(top))
+    E = xp.exp(O - top)
+    return E / xp.sum(E, axis=1, keepdims=True)
 
 
 def _logsumexp(O, xp):

@@ -15,7 +15,7 @@ Each operator gives, chunk by chunk of samples (never lifting a feature):
 
 where ``Grad_p = sum_i Phi_i^(p) (x) T_i`` and ``T`` (``(n, c)``) holds the weighted loss
 gradients ``w_i theta_i``. ``value_and_grads`` fuses the three for the factored
-objective. These are the products of ``SPEC`` section 3b; ``docs/factored.rst`` explains
+objective. ``docs/factored.rst`` derives and explains
 them. Every product is a batched GEMM; the cost per sample, gate and head is about
 ``2 d^2 + s d + d c`` multiply-adds for self-attention (``s^2 d + s d c`` for the Mixer),
 against ``d^3 c`` (``s^2 d c``) for one lifted product.

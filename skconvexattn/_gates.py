@@ -10,8 +10,114 @@ alone, never from which samples were drawn.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.utils import Bunch
 
-__all__ = ["token_moments", "hyperplane_gates", "prototype_gates", "standardised_tokens"]
+from ._backend import get_namespace
+from ._padding import split_padding
+from ._penalty import active_order
+
+__all__ = [
+    "token_moments",
+    "hyperplane_gates",
+    "prototype_gates",
+    "standardised_tokens",
+    "token_sides",
+    "sign_pattern_clusters",
+    "gate_side_clusters",
+    "gate_side_info",
+    "padding_ids",
+    "HyperplaneGatesMixin",
+]
+
+
+class HyperplaneGatesMixin:
+    """The gate hooks of the heads gated by token-space hyperplanes (self-attention,
+    token MLP): ``n_gates`` hyperplanes drawn by :func:`hyperplane_gates`, or by
+    :func:`prototype_gates` with ``gate_init="prototypes"``; none for the linear
+    activation. ``gates_`` holds ``"H"`` ``(n_gates, d)`` and ``"c"`` ``(n_gates,)``. With
+    gates, ``transform`` gives the gate sides of the tokens (``_gate_side_definition``
+    says what they mean to the head); linear heads supply ``_linear_token_clusters`` and
+    ``_linear_token_cluster_info``."""
+
+    def _draw_gates(self, rng, mu, sigma, s, d):
+        if self.activation == "linear":
+            return {}
+        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
+        return {"H": H, "c": c}
+
+    def _init_gates(self, rng, X, w, mu, sigma):
+        if self.activation == "gated_relu" and self.gate_init == "prototypes":
+            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
+            return {"H": H, "c": c}
+        return super()._init_gates(rng, X, w, mu, sigma)
+
+    def _token_clusters(self, X):
+        """Gated: the gate sides (:func:`gate_side_clusters`); linear: the head's
+        ``_linear_token_clusters``."""
+        if self.activation == "gated_relu":
+            return gate_side_clusters(self, X)
+        return self._linear_token_clusters(X)
+
+    def _token_cluster_info(self):
+        if self.activation == "gated_relu":
+            return gate_side_info(self, self._gate_side_definition)
+        return self._linear_token_cluster_info()
+
+
+def token_sides(X, H, c):
+    """0/1 side of every token for every gate hyperplane: ``(m, s, P)``, dtype of ``X``.
+
+    Token ``x`` is on side 1 of gate ``p`` when ``H[p] . x + c[p] >= 0``.
+    """
+    xp = get_namespace(X)
+    return xp.astype((X @ xp.matrix_transpose(H) + c) >= 0, X.dtype)
+
+
+def padding_ids(ids, real):
+    """Token ids with padding tokens (``real == 0``) set to -1."""
+    ids = np.array(ids, dtype=np.int64)
+    ids[np.asarray(real) == 0] = -1
+    return ids
+
+
+def sign_pattern_clusters(sides, norms, max_bits=None):
+    """Cluster ids from the gates' sides: bit ``j`` is the side of the ``j``-th most
+    important active gate (gates whose block is zero are ignored, see
+    :func:`~skconvexattn._penalty.active_order`).
+
+    ``sides`` has shape ``(n, s, P)`` (0/1); returns ``(n, s)`` integers.
+    """
+    order = active_order(norms)
+    if max_bits is not None:
+        order = order[:max_bits]
+    if order.size == 0:
+        return np.zeros(sides.shape[:2], dtype=np.int64)
+    bits = sides[:, :, order].astype(np.int64)
+    return bits @ (1 << np.arange(order.size, dtype=np.int64))
+
+
+def gate_side_clusters(est, X):
+    """Token ids of a fitted head with hyperplane gates ``gates_["H"], gates_["c"]``: the
+    sides of a token over the active gates, most important first; padding gets -1."""
+    g = est.gates_
+    X0, real, _ = split_padding(X)
+    sides = token_sides(X0, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
+    return padding_ids(sign_pattern_clusters(np.asarray(sides), est.block_norms()), real)
+
+
+def gate_side_info(est, definition):
+    """What the ids of :func:`gate_side_clusters` mean, for ``token_cluster_info``."""
+    norms = est.block_norms()
+    order = active_order(norms)
+    return Bunch(
+        kind="gate_sides",
+        definition=definition,
+        gates=order,
+        hyperplanes=est.gates_["H"][order],
+        offsets=est.gates_["c"][order],
+        importance=norms[order],
+        block_norms=norms,
+    )
 
 
 def standardised_tokens(X0, real, mu=None, sigma=None):

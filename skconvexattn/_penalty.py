@@ -14,9 +14,18 @@ to zero anyway), and the SVD otherwise.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._backend import get_namespace
 
-__all__ = ["BlockNuclearNorm"]
+__all__ = ["BlockNuclearNorm", "ACTIVE_RTOL", "active_singular_values", "active_order"]
+
+#: The one rule for what is "active" in a fitted head: a singular value (a recovered head
+#: or neuron) or a block norm (a gate) counts when it exceeds ``ACTIVE_RTOL`` times the
+#: largest of its kind in the model. The prox sets inactive singular values to exact
+#: zeros; this threshold only drops the rounding noise of an SVD of the stored weights.
+#: ``to_nonconvex``, ``transform``, ``token_cluster_info`` and the CLI's ``info`` use it.
+ACTIVE_RTOL = 1e-12
 
 # blocks with at least _GRAM_MIN_SIZE entries and a smaller side of at least _GRAM_MIN_SIDE
 # use the Gram-matrix prox (measured, 2 threads, 8 blocks: 4-5x faster than the SVD for
@@ -113,3 +122,33 @@ class BlockNuclearNorm:
         """Largest spectral norm over blocks: the dual norm of the block nuclear norm."""
         xp = get_namespace(G)
         return xp.max(xp.linalg.svdvals(G))
+
+
+def active_singular_values(S, rtol=ACTIVE_RTOL):
+    """Which of the non-negative values ``S`` (any shape, e.g. the ``(P, k)`` singular
+    values of every block) are active: ``S > rtol * S.max()`` (none when all are zero).
+
+    Parameters
+    ----------
+    S : ndarray
+        Singular values (or block norms), non-negative.
+    rtol : float, default=ACTIVE_RTOL
+        Relative threshold (see :data:`ACTIVE_RTOL`).
+
+    Returns
+    -------
+    mask : ndarray of bool, the shape of ``S``
+    """
+    S = np.asarray(S, dtype=np.float64)
+    top = S.max() if S.size else 0.0
+    if not top > 0:
+        return np.zeros(S.shape, dtype=bool)
+    return S > rtol * top
+
+
+def active_order(values, rtol=ACTIVE_RTOL):
+    """Indices of the active entries of the 1-D ``values`` (see
+    :func:`active_singular_values`), largest first (ties in index order)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
+    return order[active_singular_values(values, rtol)[order]]

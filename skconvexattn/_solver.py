@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from ._backend import get_namespace, to_numpy
+from ._backend import get_namespace, scalar, to_numpy
 from ._penalty import BlockNuclearNorm
 from ._progress import make_reporter
 
-__all__ = ["fista", "SolverResult", "alpha_max", "duality_gap"]
+__all__ = ["fista", "SolverResult", "alpha_max", "primal_dual_values"]
 
 
 @dataclass
@@ -96,8 +96,9 @@ def alpha_max(op, datafit, Y, w, fit_intercept):
     return BlockNuclearNorm().dual_norm(G0), G0
 
 
-def duality_gap(op, datafit, Y, w, alpha, O, pen, prior, fit_intercept):
-    """Primal value, dual value and gap at a point with logits ``O`` and penalty ``pen``.
+def primal_dual_values(op, datafit, Y, w, alpha, O, pen, prior, fit_intercept):
+    """Primal and dual objective values at a point with logits ``O`` and penalty ``pen``;
+    their difference is the duality gap.
 
     The dual point is the datafit's feasible candidate ``theta`` scaled by
     ``min(1, alpha / max_p ||Grad_p(theta)||_2)`` so that every block's spectral norm
@@ -119,11 +120,11 @@ def _lipschitz(op, Y, w, fit_intercept, start, n_iter=10):
     v = start
     vb = xp.ones((Y.shape[1],), dtype=Y.dtype) if fit_intercept else None
     big = xp.max(xp.abs(v))
-    v = v / big if float(to_numpy(big)) > 0 else v  # keep float32 squares finite
-    nrm = math.sqrt(float(to_numpy(_vdot(v, v, xp))) + (Y.shape[1] if fit_intercept else 0))
+    v = v / big if scalar(big) > 0 else v  # keep float32 squares finite
+    nrm = math.sqrt(scalar(_vdot(v, v, xp)) + (Y.shape[1] if fit_intercept else 0))
     if nrm == 0.0:
         v = xp.ones_like(v)
-        nrm = math.sqrt(float(to_numpy(_vdot(v, v, xp))) + (Y.shape[1] if fit_intercept else 0))
+        nrm = math.sqrt(scalar(_vdot(v, v, xp)) + (Y.shape[1] if fit_intercept else 0))
     lam = 1.0
     for _ in range(n_iter):
         v = v / nrm
@@ -137,7 +138,7 @@ def _lipschitz(op, Y, w, fit_intercept, start, n_iter=10):
         if fit_intercept:
             vb = xp.sum(U, axis=0)
             sq = sq + _vdot(vb, vb, xp)
-        lam = math.sqrt(float(to_numpy(sq)))
+        lam = math.sqrt(scalar(sq))
         if lam == 0.0:
             return 1.0
         nrm = lam
@@ -271,14 +272,14 @@ def fista(
 
     best_dual = [-math.inf]
     reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
-    null = float(to_numpy(datafit.value(xp.zeros_like(Y) + b0[None, :], Y, w)))
+    null = scalar(datafit.value(xp.zeros_like(Y) + b0[None, :], Y, w))
 
     def ref(p):
         return null if tol_scale == "null" else abs(p)
 
     def check(it):
         # every dual-feasible point bounds the optimum from below: keep the best one
-        p, d = duality_gap(op, datafit, Y, w, alpha, Ox, pen, prior, fit_intercept)
+        p, d = primal_dual_values(op, datafit, Y, w, alpha, Ox, pen, prior, fit_intercept)
         p, d = (float(v) for v in to_numpy(xp.stack([p, d])))
         d = best_dual[0] = max(d, best_dual[0])
         history["iteration"].append(it)
@@ -371,7 +372,7 @@ def fista(
         converged = gap <= tol * ref(primal)
     # the penalty tracked through the loop comes from the prox's Gram eigenvalues; report
     # the objective with the exact (SVD) nuclear norm of the returned point
-    exact = float(to_numpy(datafit.value(Ox, Y, w) + alpha * pen_op.value(x)))
+    exact = scalar(datafit.value(Ox, Y, w) + alpha * pen_op.value(x))
     gap = max(gap + (exact - primal), 0.0) if math.isfinite(gap) else gap
     primal = exact
     if history["iteration"] and history["iteration"][-1] == it:

@@ -1,6 +1,7 @@
 """Regularisation paths with cross-validation: one ``*CV`` estimator per head.
 
-``ConvexSelfAttentionClassifierCV`` (and the same for every head) is to its head what
+The ``*CV`` estimator of a head (the head's class name plus ``CV``, one for every head of
+the registry :mod:`skconvexattn.heads`) is to its head what
 :class:`~sklearn.linear_model.LogisticRegressionCV` is to logistic regression: it fits a
 path of ``alphas`` on every cross-validation split, from the largest (the all-zero model)
 down to the smallest, each fit warm-started from the previous solution (and keeping the
@@ -19,7 +20,7 @@ the same ``alpha_ratio`` scale the heads' default regularisation is given in
 (``alpha_ = alpha_ratio * alpha_max_``, see ``docs/alpha.rst``). ``alpha_max_`` is that of
 the whole training set (the smallest alpha giving the all-zero model), computed exactly
 from the gradient at zero with the gates of the whole set
-(:meth:`~skconvexattn.ConvexSelfAttentionClassifier.compute_alpha_max`; no fit). When it
+(the head's :meth:`~skconvexattn._base.BaseConvexHead.compute_alpha_max`; no fit). When it
 is 0 (constant tokens) the all-zero model is optimal at every alpha: no path is fitted,
 each split is fitted once (0 iterations) and the refitted head has ``alpha=None``. The grid is shared by all the
 splits, so the selection is the one :class:`~sklearn.model_selection.GridSearchCV` over the
@@ -53,21 +54,11 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._params import make_init
 from ._validation import check_tokens
-from .heads.attention import ConvexSelfAttentionClassifier
-from .heads.fno import ConvexFNOClassifier
-from .heads.mixer import ConvexMixerClassifier
-from .heads.mlp import ConvexMLPClassifier
+from .heads import get_head, registered_heads
 
-__all__ = [
-    "make_cv_estimator",
-    "regularization_path",
-    "alpha_grid",
-    "ConvexSelfAttentionClassifierCV",
-    "ConvexMixerClassifierCV",
-    "ConvexFNOClassifierCV",
-    "ConvexMLPClassifierCV",
-]
+__all__ = ["make_cv_estimator", "cv_estimator", "regularization_path", "alpha_grid"]
 
 # the head's fit warns when alpha >= alpha_max_ (all-zero model): expected at the top of a path
 _ZERO_MODEL_MSG = r".*alpha_max_.*all-zero"
@@ -128,7 +119,7 @@ def regularization_path(
 
     Parameters
     ----------
-    estimator : convex head (e.g. :class:`~skconvexattn.ConvexSelfAttentionClassifier`)
+    estimator : convex head (a :class:`~skconvexattn._base.BaseConvexHead`)
         Template; it is cloned, not modified.
     X : array-like of shape (n_samples, n_tokens, n_features) or flattened
     y : array-like of shape (n_samples,)
@@ -476,35 +467,35 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
     def decision_function(self, X):
         """Decision function of the refitted head (see the head's method)."""
         check_is_fitted(self)
-        return self.best_estimator_.decision_function(self._flat_or_3d(X))
+        return self.best_estimator_.decision_function(self._checked_tokens(X))
 
     @available_if(_refitted)
     def predict(self, X):
         """Class labels predicted by the refitted head."""
         check_is_fitted(self)
-        return self.best_estimator_.predict(self._flat_or_3d(X))
+        return self.best_estimator_.predict(self._checked_tokens(X))
 
     @available_if(lambda est: _refitted(est) and _has_log_loss(est))
     def predict_proba(self, X):
         """Class probabilities of the refitted head (``loss='log_loss'``)."""
         check_is_fitted(self)
-        return self.best_estimator_.predict_proba(self._flat_or_3d(X))
+        return self.best_estimator_.predict_proba(self._checked_tokens(X))
 
     @available_if(lambda est: _refitted(est) and _has_log_loss(est))
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
         check_is_fitted(self)
-        return self.best_estimator_.predict_log_proba(self._flat_or_3d(X))
+        return self.best_estimator_.predict_log_proba(self._checked_tokens(X))
 
     @available_if(_refitted)
     def transform(self, X):
         """Token cluster assignments of the refitted head, shape ``(n_samples, n_tokens)``."""
         check_is_fitted(self)
-        return self.best_estimator_.transform(self._flat_or_3d(X))
+        return self.best_estimator_.transform(self._checked_tokens(X))
 
-    def _flat_or_3d(self, X):
-        # validate against this estimator (its n_features_in_ and token shape), then hand
-        # the head 3-D tokens
+    def _checked_tokens(self, X):
+        """``X`` validated against this estimator (its ``n_features_in_`` and token
+        shape), as the 3-D tokens the refitted head takes."""
         return check_tokens(self, X, reset=False)
 
     def get_feature_names_out(self, input_features=None):
@@ -622,17 +613,7 @@ def make_cv_estimator(head_class, name=None):
         P("refit", P.KEYWORD_ONLY, default=True),
         *head_params,
     ]
-    signature = inspect.Signature(params)
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        for key, value in bound.arguments.items():
-            if key != "self":
-                setattr(self, key, value)
-
-    __init__.__signature__ = signature
-    __init__.__qualname__ = f"{name}.__init__"
+    __init__ = make_init(inspect.Signature(params), name)
     constraints = {
         **{
             k: v
@@ -661,8 +642,41 @@ def make_cv_estimator(head_class, name=None):
     return cls
 
 
-ConvexSelfAttentionClassifierCV = make_cv_estimator(ConvexSelfAttentionClassifier)
-ConvexFNOClassifierCV = make_cv_estimator(ConvexFNOClassifier)
+_CV_CLASSES = {}
 
-ConvexMixerClassifierCV = make_cv_estimator(ConvexMixerClassifier)
-ConvexMLPClassifierCV = make_cv_estimator(ConvexMLPClassifier)
+
+def cv_estimator(head):
+    """The ``*CV`` class of a registered head (its name or estimator class), built once
+    by :func:`make_cv_estimator`.
+
+    Parameters
+    ----------
+    head : str or type
+        A name of the registry :mod:`skconvexattn.heads` (``"attention"``) or a registered
+        estimator class.
+
+    Returns
+    -------
+    cls : type
+        The subclass of :class:`BaseConvexHeadCV` named after the head plus ``CV``,
+        importable from this module under that name.
+    """
+    estimator = get_head(head).estimator
+    cls = _CV_CLASSES.get(estimator)
+    if cls is None:
+        cls = _CV_CLASSES[estimator] = make_cv_estimator(estimator)
+    return cls
+
+
+def __getattr__(name):
+    # the *CV class of every registered head, also of one registered after this import
+    for spec in registered_heads():
+        if spec.estimator.__name__ + "CV" == name:
+            return cv_estimator(spec.estimator)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+for _spec in registered_heads():  # the built-in heads: plain module attributes
+    globals()[_spec.estimator.__name__ + "CV"] = cv_estimator(_spec.estimator)
+    __all__.append(_spec.estimator.__name__ + "CV")
+del _spec

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ._backend import import_optional
 from ._padding import padding_mask
 
 __all__ = ["plot_token_clusters", "plot_convergence", "cluster_colors"]
@@ -19,14 +20,9 @@ _OTHER = (0.6, 0.6, 0.6)
 
 
 def _import_pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "skconvexattn.plotting needs matplotlib, which is not installed. Install it "
-            "with `pip install matplotlib`."
-        ) from exc
-    return plt
+    return import_optional(
+        "matplotlib.pyplot", "skconvexattn.plotting", "matplotlib", "pip install matplotlib"
+    )
 
 
 def cluster_colors(clusters, max_colors=20):

@@ -9,7 +9,7 @@ return the same dimensionality as their input: 3-D in, 3-D out; 2-D in, flattene
 A transformer fitted on 3-D data accepts the same data flattened, and the reverse.
 
 Use them before the heads, e.g. ``make_pipeline(TokenStandardScaler(), TokenPCA(16),
-ConvexSelfAttentionClassifier())``: the self-attention head's lifted features grow as
+head)`` with ``head`` the self-attention head: its lifted features grow as
 ``n_features**3``, so a token PCA bringing large backbone features down to 16-64
 dimensions is usually needed (as in Sahiner et al., 2022).
 

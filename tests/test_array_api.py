@@ -31,7 +31,8 @@ from skconvexattn._datafits import get_datafit  # noqa: E402
 from skconvexattn._gates import token_moments  # noqa: E402
 from skconvexattn._operator import LiftedOperator  # noqa: E402
 from skconvexattn._penalty import BlockNuclearNorm  # noqa: E402
-from skconvexattn._solver import alpha_max, duality_gap, fista  # noqa: E402
+from skconvexattn._solver import alpha_max, fista  # noqa: E402
+from skconvexattn._solver import primal_dual_values as duality_gap  # noqa: E402
 from skconvexattn.heads.attention import self_attention_features  # noqa: E402
 
 RTOL = 1e-12
@@ -183,7 +184,7 @@ def head_case(id, module_name, s=4, d=3, **params):
         gates = {k: np.asarray(v, dtype=np.float64) for k, v in drawn.items()}
 
         def fn(Xd, **g):
-            return est._feature_map(g, array_namespace(Xd))(Xd)
+            return est._feature_map(g)(Xd)
 
         return FeatureMap(fn, gates, tuple(est._block_shape(s_, d_)))
 

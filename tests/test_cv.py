@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skconvexattn import ConvexFNOClassifier, ConvexSelfAttentionClassifier
 from skconvexattn import model_selection as ms
 from skconvexattn.datasets import make_token_clusters
 
-CV_CLASSES = [
-    getattr(ms, name)
-    for name in (
-        "ConvexSelfAttentionClassifierCV",
-        "ConvexFNOClassifierCV",
-        "ConvexMixerClassifierCV",
-        "ConvexMLPClassifierCV",
-    )
-    if hasattr(ms, name)
-]
+from _estimators import HEAD_CLASSES
+
+CV_CLASSES = [ms.cv_estimator(cls) for cls in HEAD_CLASSES]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +27,7 @@ def data():
     return X, y
 
 
-# ------------------------------------------------------------------ sklearn contract
-# The common checks run on the FNO head's CV class: the CV mechanism is one class
-# (BaseConvexHeadCV) for every head, and the FNO lifted features stay small on the
-# checks' data (one token per row, up to 30 features), where the self-attention head's
-# d**3 features make every check slow.
-@parametrize_with_checks([ms.ConvexFNOClassifierCV(alphas=3, cv=3, n_gates=2, random_state=0, max_iter=200)])
-def test_sklearn_compatible(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check(estimator)
+# the scikit-learn common checks of the *CV estimators run in test_sklearn_contract.py
 
 
 @pytest.mark.parametrize("cls", CV_CLASSES, ids=lambda c: c.__name__)

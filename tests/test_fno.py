@@ -15,7 +15,6 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skconvexattn.heads.fno import (
     ConvexFNOClassifier,
@@ -133,15 +132,7 @@ def logits(clf, X):
     return clf._logits(np.asarray(X, dtype=float))
 
 
-# ---------------------------------------------------------------------------- (a) sklearn
-@parametrize_with_checks(
-    [
-        ConvexFNOClassifier(n_gates=2, random_state=0, device="cpu"),
-        ConvexFNOClassifier(activation="linear", random_state=0, device="cpu"),
-    ]
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
+# (a) the scikit-learn common checks of this head run in test_sklearn_contract.py
 
 
 # ---------------------------------------------------------------------------- (b) features

@@ -8,9 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skconvexattn._base import sign_pattern_clusters
+from skconvexattn._gates import sign_pattern_clusters
 from skconvexattn.heads.attention import token_sides
 from skconvexattn.heads.mixer import ConvexMixerClassifier, mixer_features, mixer_masks
 from skconvexattn.heads.mlp import ConvexMLPClassifier, mlp_features
@@ -18,31 +17,7 @@ from skconvexattn.heads.mlp import ConvexMLPClassifier, mlp_features
 HEADS = [ConvexMixerClassifier, ConvexMLPClassifier]
 
 
-#: the one common check that assumes an absolute regularisation strength
-_RELATIVE_ALPHA_XFAIL = {
-    "check_class_weight_classifiers": (
-        "alpha is relative to alpha_max_ by default: with class_weight {0: 1000, 1: 1e-4, "
-        "2: 1e-4} the minority classes weigh 1e-7 of the loss, alpha_max_ is ~1e-6, and "
-        "alpha_ratio=0.1 still fits them (0.84 of predictions are class 0, the check wants "
-        "0.87); an absolute alpha=1e-3 gives the all-zero model and passes"
-    )
-}
-
-# --------------------------------------------------------------------- sklearn contract
-@parametrize_with_checks(
-    [
-        ConvexMixerClassifier(random_state=0, max_iter=200),
-        ConvexMixerClassifier(activation="linear", random_state=0, max_iter=200),
-        ConvexMLPClassifier(random_state=0, max_iter=200),
-        ConvexMLPClassifier(activation="linear", random_state=0, max_iter=200),
-    ],
-    expected_failed_checks=lambda est: _RELATIVE_ALPHA_XFAIL
-    if type(est).__name__ == "ConvexMLPClassifier" and est.activation == "gated_relu" else {},
-)
-def test_sklearn_compatible(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning on the checks' data
-        check(estimator)
+# the scikit-learn common checks of these heads run in test_sklearn_contract.py
 
 
 # --------------------------------------------------------------------- explicit formulas

@@ -23,6 +23,7 @@ from skconvexattn import (
     ConvexMLPClassifier,
     ConvexSelfAttentionClassifier,
 )
+from skconvexattn.heads import registered_heads
 from skconvexattn.nonconvex import (
     FNONetwork,
     MixerNetwork,
@@ -232,3 +233,30 @@ def test_to_torch_without_torch_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="pip install torch"):
         net.to_torch()
+
+
+# ------------------------------------------------------------------------------ dtypes
+@pytest.mark.parametrize("activation", ["gated_relu", "linear"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in registered_heads()])
+def test_numpy_and_torch_forward_follow_the_input_dtype(spec, dtype, activation):
+    """One forward pass (array API) for NumPy and torch: on padded data of either dtype
+    the logits have that dtype and equal the head's, and the objective is ``objective_``
+    (to the dtype's precision)."""
+    X, y, sw = _data(3)
+    X[2, 4] = np.nan  # a padding token
+    X = X.astype(dtype)
+    est = _fit(spec.estimator, {"activation": activation}, X, y, sw)
+    net = est.to_nonconvex()
+    ref = est._logits(X)
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    scale = max(1.0, np.abs(ref).max())
+    got = net.logits(X)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=0, atol=rtol * scale)
+    assert net.objective(X, y, sample_weight=sw) == pytest.approx(est.objective_, rel=rtol)
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        out = net.to_torch()(torch.as_tensor(X))
+    assert out.dtype == torch.as_tensor(X).dtype
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=rtol * scale)

@@ -353,7 +353,7 @@ def test_certificate_at_arbitrary_points(case):
     """The package's gap formula bounds the suboptimality of *any* point, not only of
     FISTA iterates: random weights of several sizes, the zero model with a wrong
     intercept (which exercises the intercept correction of the dual point hardest)."""
-    from skconvexattn._solver import duality_gap
+    from skconvexattn._solver import primal_dual_values as duality_gap
 
     S = solved(case)
     df = get_datafit(S.loss)

@@ -1,4 +1,4 @@
-"""Convex self-attention head (SPEC 2.1).
+"""Convex self-attention head and its recovered network (``docs/heads.rst``).
 
 Non-convex block: ``Yhat_i = sum_j sigma(X_i W_1j X_i^T) X_i W_2j``, average-pooled over
 tokens. Its convex program has one weight block per gate, ``Z_p`` of shape
@@ -31,49 +31,18 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order, sign_pattern_clusters
-from .._gates import hyperplane_gates, prototype_gates
+from .._base import BaseConvexHead
 from .._factored_ops import AttentionFactorOperator
+from .._gates import HyperplaneGatesMixin, padding_ids, token_sides
+from .._network import RecoveredNetwork, _as_tokens, head_gate_masks
 from .._padding import split_padding
 
-__all__ = ["ConvexSelfAttentionClassifier", "self_attention_features", "token_sides"]
-
-
-def token_sides(X, H, c):
-    """0/1 side of every token for every gate hyperplane: ``(m, s, P)``."""
-    xp = get_namespace(X)
-    return xp.astype((X @ xp.matrix_transpose(H) + c) >= 0, X.dtype)
-
-
-def gate_side_clusters(est, X):
-    """Token ids of a fitted head with hyperplane gates ``gates_["H"], gates_["c"]``: the
-    sides of a token over the active gates, most important first."""
-    g = est.gates_
-    X0, real, _ = split_padding(X)
-    sides = token_sides(X0, g["H"].astype(X.dtype), g["c"].astype(X.dtype))
-    return _padding_ids(sign_pattern_clusters(np.asarray(sides), est.block_norms()), real)
-
-
-def _padding_ids(ids, real):
-    """Token ids with padding tokens (``real == 0``) set to -1."""
-    ids = np.array(ids, dtype=np.int64)
-    ids[np.asarray(real) == 0] = -1
-    return ids
-
-
-def gate_side_info(est, definition):
-    """What the ids of :func:`gate_side_clusters` mean, for ``token_cluster_info``."""
-    norms = est.block_norms()
-    order = _active_order(norms)
-    return Bunch(
-        kind="gate_sides",
-        definition=definition,
-        gates=order,
-        hyperplanes=est.gates_["H"][order],
-        offsets=est.gates_["c"][order],
-        importance=norms[order],
-        block_norms=norms,
-    )
+__all__ = [
+    "ConvexSelfAttentionClassifier",
+    "SelfAttentionNetwork",
+    "self_attention_features",
+    "token_sides",
+]
 
 
 def self_attention_features(X, H=None, c=None):
@@ -114,7 +83,60 @@ def self_attention_features(X, H=None, c=None):
     return xp.reshape(Phi / counts[:, None, None, None, None], (m, P, d * d, d))
 
 
-class ConvexSelfAttentionClassifier(BaseConvexHead):
+class SelfAttentionNetwork(RecoveredNetwork):
+    """Recovered self-attention block, with its own forward pass.
+
+    ``o = sum_j (1/s) 1^T (M_p o (X W_1j X^T)) X W_2j + b``.
+
+    ``W1`` has shape ``(n_heads, d, d)`` (query-key), ``W2`` ``(n_heads, d, c)``
+    (value-output); ``M_p[t, t'] = 1`` when tokens ``t`` and ``t'`` lie on the same side of
+    the hyperplane ``gates["H"][p] . x + gates["c"][p] = 0`` (all ones for linear), zero
+    in the rows and columns of padding tokens.
+    """
+
+    architecture = "self_attention"
+    _gate_buffers = ("H", "c")
+    _work_per_head = staticmethod(lambda s, d: 2 * s * (s + d))
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d, d), (d, c)
+
+    @staticmethod
+    def _masks(xp, X0, real, t):
+        """Same-side masks of every head's gate, ``(n, m, s, s)`` (or ``(n, 1, s, s)``)."""
+        pair = (real[:, :, None] * real[:, None, :])[:, None, :, :]  # both tokens real
+        if "gate_H" not in t:
+            return pair
+        side = head_gate_masks(xp, token_sides(X0, t["gate_H"], t["gate_c"]), t["head_gate"], 2)
+        side = xp.permute_dims(side, (0, 2, 1))  # (n, m, s)
+        other = 1 - side
+        return pair * (
+            side[:, :, :, None] * side[:, :, None, :] + other[:, :, :, None] * other[:, :, None, :]
+        )
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        Xb = X0[:, None, :, :]  # (n, 1, s, d)
+        scores = (Xb @ t["W1"][None, ...]) @ xp.matrix_transpose(Xb)  # X W_1j X^T: (n, m, s, s)
+        pooled = xp.sum(cls._masks(xp, X0, real, t) * scores, axis=2)  # 1^T (M o .): (n, m, s)
+        values = Xb @ t["W2"][None, ...]  # X W_2j: (n, m, s, c)
+        return xp.sum((pooled[:, :, None, :] @ values)[:, :, 0, :], axis=1)
+
+    def attention_masks(self, X):
+        """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear),
+        zero in the rows and columns of padding tokens."""
+        X0, real, _ = split_padding(_as_tokens(X, self.token_shape))
+        xp = get_namespace(X0)
+        t = {}
+        if self.gates:
+            P = self.gates["H"].shape[0]
+            t = {"gate_H": self.gates["H"].astype(X0.dtype),
+                 "gate_c": self.gates["c"].astype(X0.dtype), "head_gate": np.arange(P)}
+        return self._masks(xp, X0, real, t)
+
+
+class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
     """Self-attention classification head trained to global optimality.
 
     Fits the convex equivalent of a self-attention block with weight decay,
@@ -125,24 +147,12 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float or None, default=None
-        Absolute regularisation strength (> 0); ``None`` (default) uses
-        ``alpha_ratio * alpha_max_`` of the training data. It weighs
-        ``sum_p ||Z_p||_*``, equivalently the
-        weight decay ``alpha/2 * sum_j (||W_1j||^2 + ||W_2j||^2)`` of the non-convex network.
-        The data term is a mean over samples, so ``alpha`` does not scale with
-        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
-        model.
-    alpha_ratio : float in (0, 1], default=0.1
-        Used when ``alpha=None``: the regularisation relative to the training data's
-        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-        over between data sets of any scale (``docs/alpha.rst``).
+    %(alpha)s
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: linear attention, one block. ``"gated_relu"``: ``n_gates`` random
         hyperplane gates; token ``t`` attends to token ``t'`` through gate ``p`` only when
         both lie on the same side of its hyperplane (latent clusters).
-    n_gates : int, default=8
-        Number of gates (blocks) for ``activation="gated_relu"``.
+    %(n_gates)s
     gate_init : {"random", "prototypes"}, default="random"
         How the gate hyperplanes are drawn (from ``random_state``). ``"random"``: Gaussian
         normals in standardised token coordinates, through a random point near the mean
@@ -153,77 +163,17 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         :func:`~skconvexattn._gates.prototype_gates`. With latent token clusters each such
         gate is close to one cluster's indicator: attention stays inside clusters and
         ``transform`` recovers them (``docs/clusters.rst``).
-    loss : {"log_loss", "squared_error"}, default="log_loss"
-        Multinomial logistic loss on the pooled logits, or squared error against one-hot
-        targets.
-    fit_intercept : bool, default=True
-        Fit an unpenalised intercept.
-    max_iter : int, default=1000
-        Maximum FISTA iterations.
-    tol : float, default=1e-4
-        Stop when the duality gap is at most ``tol`` times the objective.
-    tol_scale : {"objective", "null"}, default="objective"
-        What ``tol`` is relative to: the objective, or the loss of the intercept-only
-        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
-        nearly interpolates, so certifying takes far fewer iterations at small alpha).
-        ``convergence_`` reports the gap relative to both.
-    solver : {"auto", "fista", "factored"}, default="auto"
-        ``"fista"``: accelerated proximal gradient on the lifted features.
-        ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
-        with rank growth, never forming a lifted feature, so memory and time per sample
-        grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
-        ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the factored
-        solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
-    max_time : float or None, default=None
-        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
-        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
-    n_tokens : int, default=None
-        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
-        ``None`` means one token per row.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes, multiplied into ``sample_weight``.
-    memory_budget : float, default=4.0
-        GiB the solver may use for lifted features and weights; beyond half of it the
-        features are recomputed chunk by chunk, and a problem whose weights alone do not
-        fit is refused with a message saying what to reduce.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
-    verbose : int, default=0
-        Report progress at every duality-gap evaluation: iteration, objective, the
-        relative duality gap (the quantity compared with ``tol``), elapsed time and an
-        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
-        otherwise; 2: always plain lines.
-    warm_start : bool, default=False
-        Start from the previous solution (and keep its gates) when refitting.
+    %(solver)s
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_features**2, n_features * n_classes)
         The convex weights ``Z_p``.
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
         (empty for the linear activation).
-    n_iter_ : int
-    dual_gap_ : float
-        Duality gap of the returned solution: an upper bound on its suboptimality.
-    objective_ : float
-        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
-    alpha_ : float
-        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
-    alpha_max_ : float
-        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
-        (:meth:`compute_alpha_max` gives it without a fit).
-    convergence_ : dict
-        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
-    token_shape_ : tuple (n_tokens, n_features)
-    n_features_in_ : int
-        ``n_tokens * n_features``.
-    device_ : str
-        ``"cpu"`` or ``"cuda"``: where the fit ran.
+    %(fitted_attributes)s
 
     Notes
     -----
@@ -237,7 +187,8 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
     the leading recovered head (singular vector of ``Z``) that reads the token most
     strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||``.
 
-    :meth:`to_nonconvex` returns the recovered non-convex attention network (SPEC 2.4),
+    :meth:`to_nonconvex` returns the recovered non-convex attention network
+    (:class:`SelfAttentionNetwork`, ``docs/convexity.rst``),
     whose own forward pass reproduces the logits and whose weight-decay objective equals
     ``objective_``.
 
@@ -264,76 +215,22 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
         "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
-    _head_name = "self-attention"
     _degree = 3  # the lifted features X_i^T D X_i x X_i are cubic in X
     _reduce_hint = (
         "n_features (d; lifted features grow as d**3 — put TokenPCA before the head) "
         "or n_gates"
     )
 
-    def __init__(
-        self,
-        alpha=None,
-        *,
-        alpha_ratio=DEFAULT_ALPHA_RATIO,
-        activation="gated_relu",
-        n_gates=8,
-        gate_init="random",
-        loss="log_loss",
-        fit_intercept=True,
-        max_iter=1000,
-        tol=1e-4,
-        tol_scale="objective",
-        solver="auto",
-        max_time=None,
-        device="auto",
-        n_tokens=None,
-        class_weight=None,
-        memory_budget=4.0,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.activation = activation
-        self.n_gates = n_gates
-        self.gate_init = gate_init
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.solver = solver
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    _own_params = {"gate_init": "random", "solver": "auto"}
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), d * d, d)
+        return (self._n_convex_blocks(), d * d, d)
 
     def _work_per_sample(self, s, d):
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * d**3 + 2 * P * d * d + P * s * d
 
-    def _draw_gates(self, rng, mu, sigma, s, d):
-        if self.activation == "linear":
-            return {}
-        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
-        return {"H": H, "c": c}
-
-    def _init_gates(self, rng, X, w, mu, sigma):
-        if self.activation == "gated_relu" and self.gate_init == "prototypes":
-            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
-            return {"H": H, "c": c}
-        return super()._init_gates(rng, X, w, mu, sigma)
-
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return self_attention_features
         H, c = gates["H"], gates["c"]
@@ -344,7 +241,7 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
 
     def _factor_scratch(self, s, d, c, r):
         # keys (P k r d twice), scores (s P k r), values and their products (2 s P r c)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return P * r * (4 * d + 3 * s + 2 * s * c) + 2 * s * d
 
     def _factor_operator(self, gates, X, chunk_rows):
@@ -354,60 +251,47 @@ class ConvexSelfAttentionClassifier(BaseConvexHead):
             sides = token_sides(X0, gates["H"], gates["c"]) * real[:, :, None]
         return AttentionFactorOperator(X0, sides, 1.0 / counts, chunk_rows)
 
-    def _token_clusters(self, X):
-        if self.activation == "gated_relu":
-            return gate_side_clusters(self, X)
-        return _leading_head_clusters(X, self.coef_[0], self.token_shape_[1])
+    _gate_side_definition = (
+        "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th most "
+        "important active gate; tokens with the same id attend to each other through "
+        "every active gate"
+    )
 
-    def _token_cluster_info(self):
-        if self.activation == "gated_relu":
-            return gate_side_info(
-                self,
-                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                "most important active gate; tokens with the same id attend to each "
-                "other through every active gate",
-            )
-        norms = self.block_norms()
-        d = self.token_shape_[1]
-        c = self.classes_.shape[0]
-        U, S, Vh = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
-        k = _active_order(S)[:_MAX_HEADS]
+    def _linear_token_clusters(self, X):
+        return _leading_head_clusters(self, X)
+
+    def _linear_token_cluster_info(self):
+        S, U, V = self.to_nonconvex().leading_heads(_MAX_HEADS)
         return Bunch(
             kind="leading_heads",
             definition=(
                 "the id is the rank of the recovered head j (among the leading ones) that "
                 "reads the token most strongly, argmax_j sigma_j ||U_j x|| ||V_j^T x||"
             ),
-            heads=np.arange(k.size),
-            singular_values=S[k],
-            query_key=U[:, k].T.reshape(k.size, d, d),
-            value_output=Vh[k].reshape(k.size, d, c),
-            block_norms=norms,
+            heads=np.arange(S.size),
+            singular_values=S,
+            query_key=U,
+            value_output=V,
+            block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import SelfAttentionNetwork
-
-        return SelfAttentionNetwork._from_estimator(self)
+    _network_class = SelfAttentionNetwork
 
 
 _MAX_HEADS = 8
 
 
-def _leading_head_clusters(X, Z, d, max_heads=_MAX_HEADS):
+def _leading_head_clusters(est, X, max_heads=_MAX_HEADS):
     """Linear attention: the leading recovered head (by singular value) that reads the
     token most strongly, ``argmax_j sigma_j ||U_j x_t|| ||V_j^T x_t||`` with ``U_j``
     (``(d, d)``, query-key) and ``V_j`` (``(d, c)``, value-output) the unit-norm reshapes of
     the singular vectors: the token's key response times its value, a function of the
     token alone (the same token gets the same id in every sample)."""
-    U, S, Vh = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
-    k = _active_order(S)[:max_heads]
+    S, U, V = est.to_nonconvex().leading_heads(max_heads)
     X, real, _ = split_padding(np.asarray(X, dtype=np.float64))
-    if k.size == 0:
-        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
-    c = Vh.shape[1] // d
-    W1 = U[:, k].T.reshape(k.size, d, d)  # (heads, d, d): rows a (query), columns k (key)
-    W2 = Vh[k].reshape(k.size, d, c)  # (heads, d, c)
-    key = np.linalg.norm(np.einsum("jak,ntk->ntja", W1, X), axis=3)  # ||U_j x_t||
-    val = np.linalg.norm(np.einsum("ntl,jlb->ntjb", X, W2), axis=3)  # ||V_j^T x_t||
-    return _padding_ids(np.argmax(S[k] * key * val, axis=2), real)
+    if S.size == 0:
+        return padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
+    Xt = X[:, :, None, None, :]  # (n, s, 1, 1, d): every token against every head
+    key = np.linalg.norm(Xt @ np.swapaxes(U, 1, 2), axis=-1)[..., 0]  # ||U_j x_t||: (n, s, j)
+    val = np.linalg.norm(Xt @ V, axis=-1)[..., 0]  # ||V_j^T x_t||
+    return padding_ids(np.argmax(S * key * val, axis=2), real)

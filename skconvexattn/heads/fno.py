@@ -1,4 +1,4 @@
-"""Convex Fourier-neural-operator (FNO) head (SPEC 2.3).
+"""Convex Fourier-neural-operator (FNO) head and its recovered network (``docs/heads.rst``).
 
 Non-convex block: a global circular convolution over the token axis, summed over the
 channels, followed by a map to the classes,
@@ -66,13 +66,16 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .._backend import get_namespace, to_numpy
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order, sign_pattern_clusters
-from .._gates import standardised_tokens
+from .._backend import get_namespace, scalar
+from .._base import BaseConvexHead
+from .._gates import sign_pattern_clusters, standardised_tokens
+from .._network import RecoveredNetwork, _as_tokens, head_gate_masks, recover_heads
 from .._padding import split_padding
+from .._penalty import active_order
 
 __all__ = [
     "ConvexFNOClassifier",
+    "FNONetwork",
     "fno_features",
     "fno_gate_masks",
     "circular_convolution",
@@ -241,7 +244,7 @@ def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None)
     D = None
     if kernels is not None:
         D = _gate_masks(X, real, kernels, mu, sigma)  # (m, P, s)
-    elif float(to_numpy(xp.min(counts))) < s:
+    elif scalar(xp.min(counts)) < s:
         D = real[:, None, :]  # linear with padding: the mask of the real positions
     if D is None:
         # all-ones gate: Phi[tau, f] = xbar[f] for every tau (B^T 1 = sqrt(s) e_0)
@@ -263,6 +266,83 @@ def fno_features(X, kernels=None, n_modes=None, n_blocks=1, mu=None, sigma=None)
     return Phi[..., None]
 
 
+class FNONetwork(RecoveredNetwork):
+    """Recovered FNO block, with its own forward pass.
+
+    ``o = sum_j (1/s) sum_t D_p[t] (C(X) K_j)[t] w_2j + b``.
+
+    ``W1`` has shape ``(n_heads, M, gmax)``: each neuron's kernel in the real Fourier basis
+    ``basis`` (``(s, M)``; the identity without ``n_modes``) over the channels of its group
+    ``group[j]`` (``channel_groups[group[j]]``, zero-padded to ``gmax``); the kernel is
+    ``kernels[j] = basis @ W1[j]`` on those channels, zero elsewhere. ``W2`` has shape
+    ``(n_heads, c)``. ``C(X) K`` is the circular convolution along the tokens,
+    ``(C(X) K)[t] = sum_{tau, f} K[tau, f] X[(t - tau) mod s, f]``, and
+    ``D_p[t] = 1{(C((X - mu) / sigma) h_p)[t] >= 0}`` (ones for linear). Since the basis
+    has orthonormal columns, ``||kernels[j]||_F = ||W1[j]||_F``.
+    """
+
+    architecture = "fno"
+    _gate_buffers = ("H", "mu", "sigma")
+    _work_per_head = staticmethod(lambda s, d: 4 * s)
+
+    @classmethod
+    def _from_estimator(cls, est):
+        s, d = est.token_shape_
+        c = est.classes_.shape[0]
+        groups = channel_groups(d, est.n_blocks)
+        gmax = max(b - a for a, b in groups)
+        basis = fourier_basis(s, est.n_modes) if est.n_modes is not None else np.eye(s)
+        M = basis.shape[1]
+        W1, W2, sig, blk = recover_heads(est.coef_, (M, gmax), (c,))
+        gate, group = np.divmod(blk, est.n_blocks)
+        if not est.gates_:
+            gate = np.full(blk.shape, -1)
+        net = cls(est, W1, W2, sig, blk, gate)
+        net.group = group
+        net.channel_groups = groups
+        net.basis = basis
+        net.n_modes = est.n_modes
+        net.n_blocks = est.n_blocks
+        return net
+
+    def _channel_select(self):
+        """``E[j]`` of shape ``(gmax, d)``: row ``g`` picks channel ``a_j + g`` of the group."""
+        d = self.token_shape[1]
+        gmax = self.W1.shape[2]
+        bounds = np.asarray(self.channel_groups, dtype=np.int64).reshape(-1, 2)[self.group]
+        g = np.arange(gmax)
+        col = bounds[:, :1] + g[None, :]  # (heads, gmax): channel a_j + g
+        picks = (col[:, :, None] == np.arange(d)) & (col < bounds[:, 1:])[:, :, None]
+        return picks.astype(np.float64)
+
+    @property
+    def kernels(self):
+        """The convolution kernels ``K_j`` in the token domain, ``(n_heads, s, d)``."""
+        return (self.basis @ self.W1) @ self._channel_select()
+
+    def _tensors(self):
+        params, buffers = super()._tensors()
+        buffers.update(basis=self.basis, channel_select=self._channel_select())
+        return params, buffers
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        K = (t["basis"] @ t["W1"]) @ t["channel_select"]  # (m, s, d)
+        act = circular_convolution(X0, K) * real[:, None, :]  # (n, m, s): real positions
+        if "gate_H" in t:
+            D = _gate_masks(X0, real, t["gate_H"], t["gate_mu"], t["gate_sigma"])  # (n, P, s)
+            act = act * head_gate_masks(xp, D, t["head_gate"], 1)
+        return xp.sum(act, axis=2) @ t["W2"]
+
+    def gate_masks(self, X):
+        """``D_p[t]`` of every gate: ``(n, P, s)`` (ones if linear)."""
+        X = _as_tokens(X, self.token_shape)
+        if not self.gates:  # ones on the real positions
+            return split_padding(X)[1][:, None, :]
+        g = self.gates
+        return fno_gate_masks(X, g["H"], g["mu"], g["sigma"])
+
+
 # ---------------------------------------------------------------------------- estimator
 class ConvexFNOClassifier(BaseConvexHead):
     """Fourier-neural-operator (global convolution) classification head trained to
@@ -279,18 +359,7 @@ class ConvexFNOClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float or None, default=None
-        Absolute regularisation strength (> 0); ``None`` (default) uses
-        ``alpha_ratio * alpha_max_`` of the training data. It weighs
-        ``sum_p ||Z_p||_*``, equivalently the
-        weight decay ``alpha/2 * sum_j (||K_j||^2 + ||w_2j||^2)`` of the non-convex network.
-        The data term is a mean over samples, so ``alpha`` does not scale with
-        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
-        model.
-    alpha_ratio : float in (0, 1], default=0.1
-        Used when ``alpha=None``: the regularisation relative to the training data's
-        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-        over between data sets of any scale (``docs/alpha.rst``).
+    %(alpha)s
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"gated_relu"``: ``n_gates`` random gates; neuron ``j`` of gate ``p`` outputs
         ``D_p[t] (C(X) K_j)[t]`` at token ``t``, where ``D_p[t]`` is the sign pattern of a
@@ -310,74 +379,20 @@ class ConvexFNOClassifier(BaseConvexHead):
         Split the ``n_features`` channels into ``n_blocks`` contiguous groups
         (``n_blocks <= n_features``); each neuron's kernel reads one group, with one nuclear
         norm per (gate, group) block: block-diagonal channel mixing, as in AFNO.
-    loss : {"log_loss", "squared_error"}, default="log_loss"
-        Multinomial logistic loss on the pooled logits, or squared error against one-hot
-        targets.
-    fit_intercept : bool, default=True
-        Fit an unpenalised intercept.
-    max_iter : int, default=1000
-        Maximum FISTA iterations.
-    tol : float, default=1e-4
-        Stop when the duality gap is at most ``tol`` times the objective.
-    tol_scale : {"objective", "null"}, default="objective"
-        What ``tol`` is relative to: the objective, or the loss of the intercept-only
-        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
-        nearly interpolates, so certifying takes far fewer iterations at small alpha).
-        ``convergence_`` reports the gap relative to both.
-    max_time : float or None, default=None
-        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
-        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
-    n_tokens : int, default=None
-        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
-        ``None`` means one token per row.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes, multiplied into ``sample_weight``.
-    memory_budget : float, default=4.0
-        GiB the solver may use for lifted features and weights; beyond half of it the
-        features are recomputed chunk by chunk, and a problem whose weights alone do not
-        fit is refused with a message saying what to reduce.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
-    verbose : int, default=0
-        Report progress at every duality-gap evaluation: iteration, objective, the
-        relative duality gap (the quantity compared with ``tol``), elapsed time and an
-        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
-        otherwise; 2: always plain lines.
-    warm_start : bool, default=False
-        Start from the previous solution (and keep its gates) when refitting.
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_gates * n_blocks, M * gmax, n_classes)
         The convex weights ``Z_p``, blocks gate-major (``p * n_blocks + g``), rows
         ``(tau, f)`` (or ``(mode, f)`` with ``n_modes``; ``M`` = ``n_tokens`` or the number of
         real Fourier columns), ``f`` running over the group's channels zero-padded to the
         largest group ``gmax = ceil(n_features / n_blocks)``. One gate for ``"linear"``.
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_tokens, n_features): the gate kernels ``h_p``; ``"mu"`` and
         ``"sigma"`` (n_features,): the token standardisation they act on. Empty for the
         linear activation.
-    n_iter_ : int
-    dual_gap_ : float
-        Duality gap of the returned solution: an upper bound on its suboptimality.
-    objective_ : float
-        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
-    alpha_ : float
-        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
-    alpha_max_ : float
-        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
-        (:meth:`compute_alpha_max` gives it without a fit).
-    convergence_ : dict
-        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
-    token_shape_ : tuple (n_tokens, n_features)
-    n_features_in_ : int
-        ``n_tokens * n_features``.
-    device_ : str
-        ``"cpu"`` or ``"cuda"``: where the fit ran.
+    %(fitted_attributes)s
 
     Notes
     -----
@@ -431,67 +446,25 @@ class ConvexFNOClassifier(BaseConvexHead):
         "n_blocks": [Interval(Integral, 1, None, closed="left")],
     }
 
-    _head_name = "FNO"
     _reduce_hint = (
         "n_tokens or n_features (lifted features grow as n_tokens * n_features per gate; "
         "use n_modes to keep fewer Fourier modes, or TokenPCA), or n_gates"
     )
 
-    def __init__(
-        self,
-        alpha=None,
-        *,
-        alpha_ratio=DEFAULT_ALPHA_RATIO,
-        activation="gated_relu",
-        n_gates=8,
-        n_modes=None,
-        n_blocks=1,
-        loss="log_loss",
-        fit_intercept=True,
-        max_iter=1000,
-        tol=1e-4,
-        tol_scale="objective",
-        max_time=None,
-        device="auto",
-        n_tokens=None,
-        class_weight=None,
-        memory_budget=4.0,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.activation = activation
-        self.n_gates = n_gates
-        self.n_modes = n_modes
-        self.n_blocks = n_blocks
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    _own_params = {"n_modes": None, "n_blocks": 1}
 
     # ------------------------------------------------------------------ hooks
     def _n_gate_patterns(self):
         return 1 if self.activation == "linear" else self.n_gates
 
-    def _n_blocks(self):
+    def _n_convex_blocks(self):
         return self._n_gate_patterns() * self.n_blocks
 
     def _group_width(self, d):
         return -(-d // self.n_blocks)
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), _n_columns(s, self.n_modes) * self._group_width(d), 1)
+        return (self._n_convex_blocks(), _n_columns(s, self.n_modes) * self._group_width(d), 1)
 
     def _work_per_sample(self, s, d):
         G = self._n_gate_patterns()
@@ -522,7 +495,7 @@ class ConvexFNOClassifier(BaseConvexHead):
         H /= np.linalg.norm(H.reshape(self.n_gates, -1), axis=1)[:, None, None]
         return {"H": H, "mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
 
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         n_modes, n_blocks = self.n_modes, self.n_blocks
         if not gates:
             return lambda X: fno_features(X, None, n_modes, n_blocks)
@@ -546,7 +519,7 @@ class ConvexFNOClassifier(BaseConvexHead):
         block_norms = self.block_norms()
         norms = block_norms.reshape(self._n_gate_patterns(), self.n_blocks).sum(axis=1)
         if self.activation == "gated_relu":
-            order = _active_order(norms)
+            order = active_order(norms)
             return Bunch(
                 kind="gate_patterns",
                 definition=(
@@ -561,9 +534,8 @@ class ConvexFNOClassifier(BaseConvexHead):
                 importance=norms[order],
                 block_norms=block_norms,
             )
-        neurons = self._neurons()[:8]
-        S = np.asarray([nrn["sigma"] for nrn in neurons])
-        keep = _active_order(S)
+        S = self.to_nonconvex().sigma[:8]
+        keep = np.arange(S.size)
         return Bunch(
             kind="leading_neurons",
             definition=(
@@ -575,63 +547,47 @@ class ConvexFNOClassifier(BaseConvexHead):
             block_norms=block_norms,
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import FNONetwork
-
-        return FNONetwork._from_estimator(self)
+    _network_class = FNONetwork
 
     # ------------------------------------------------------------------ inspection
     def _neurons(self):
-        """The neurons of the non-convex network recovered from the fit (SPEC 2.4).
+        """The neurons of the non-convex network recovered from the fit
+        (:class:`FNONetwork`).
 
         Returns
         -------
         neurons : list of dict
-            One entry per neuron (non-zero singular value), most important first, with
+            One entry per neuron (active singular value), most important first, with
             ``"gate"`` (index into ``gates_["H"]``; ``None`` for linear), ``"group"``
             (channel block), ``"kernel"`` ``K_j`` of shape ``(n_tokens, n_features)`` (zero
             outside the group's channels), ``"weight"`` ``w_2j`` of shape ``(n_classes,)``
             and ``"sigma"`` (the singular value: ``(||K_j||^2 + ||w_2j||^2) / 2``).
         """
         check_is_fitted(self)
-        s, d = self.token_shape_
-        groups = channel_groups(d, self.n_blocks)
-        gmax = self._group_width(d)
-        B = fourier_basis(s, self.n_modes) if self.n_modes is not None else np.eye(s)
-        M = B.shape[1]
-        neurons = []
-        for blk, Zp in enumerate(np.asarray(self.coef_, dtype=np.float64)):
-            gate, g = divmod(blk, self.n_blocks)
-            a, b = groups[g]
-            U, S, Vh = np.linalg.svd(Zp, full_matrices=False)
-            for j in range(S.shape[0]):
-                if S[j] <= 1e-12 * S[0]:  # numerically zero (SVD of a thresholded block)
-                    continue
-                K = np.zeros((s, d))
-                K[:, a:b] = (B @ U[:, j].reshape(M, gmax))[:, : b - a] * math.sqrt(S[j])
-                neurons.append(
-                    {
-                        "gate": None if self.activation == "linear" else gate,
-                        "group": g,
-                        "kernel": K,
-                        "weight": Vh[j] * math.sqrt(S[j]),
-                        "sigma": float(S[j]),
-                    }
-                )
-        neurons.sort(key=lambda nrn: -nrn["sigma"])
-        return neurons
+        net = self.to_nonconvex()
+        linear = self.activation == "linear"
+        return [
+            {
+                "gate": None if linear else int(p),
+                "group": int(g),
+                "kernel": K,
+                "weight": w,
+                "sigma": float(sig),
+            }
+            for p, g, K, w, sig in zip(net.gate, net.group, net.kernels, net.W2, net.sigma)
+        ]
 
     def _leading_neuron_clusters(self, X, max_neurons=8):
         """Linear activation: the leading recovered neuron (by singular value) to which the
         token contributes most. Pooled, neuron ``j`` outputs
         ``(1/s) sum_t x_t^T kappa_j`` with ``kappa_j = sum_tau K_j[tau]``, so token ``t``
         contributes ``sigma_j |x_t^T kappa_j|`` (``K_j`` of unit norm)."""
-        neurons = self._neurons()[:max_neurons]
-        S = np.asarray([nrn["sigma"] for nrn in neurons])
-        keep = _active_order(S)
-        if keep.size == 0:
+        net = self.to_nonconvex()
+        k = min(max_neurons, net.n_heads)
+        if k == 0:
             return np.zeros(X.shape[:2], dtype=np.int64)
-        kappa = np.stack([neurons[j]["kernel"].sum(axis=0) / math.sqrt(S[j]) for j in keep])
+        S = net.sigma[:k]
+        kappa = net.kernels[:k].sum(axis=1) / np.sqrt(S)[:, None]  # (J, d)
         X0 = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0)  # padding: -1 later
-        contrib = np.abs(X0 @ kappa.T) * S[keep]  # (n, s, J)
+        contrib = np.abs(X0 @ kappa.T) * S  # (n, s, J)
         return np.argmax(contrib, axis=2)

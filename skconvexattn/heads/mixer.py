@@ -1,4 +1,4 @@
-"""Convex MLP-Mixer head (SPEC 2.2).
+"""Convex MLP-Mixer head and its recovered network (``docs/heads.rst``).
 
 Non-convex block: ``Yhat_i = sum_j sigma(W_1j X_i) W_2j`` with ``W_1j`` of shape ``(s, s)``
 (token mixing) and ``W_2j`` of shape ``(d, c)`` (channel mixing), average-pooled over
@@ -41,12 +41,19 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
+from .._base import BaseConvexHead
 from .._factored_ops import MixerFactorOperator
 from .._gates import standardised_tokens
+from .._network import RecoveredNetwork, _as_tokens, head_gate_masks
 from .._padding import split_padding
 
-__all__ = ["ConvexMixerClassifier", "mixer_features", "mixer_masks", "shell_gate_matrices"]
+__all__ = [
+    "ConvexMixerClassifier",
+    "MixerNetwork",
+    "mixer_features",
+    "mixer_masks",
+    "shell_gate_matrices",
+]
 
 
 def shell_gate_matrices(rng, n_gates, s):
@@ -136,6 +143,45 @@ def mixer_features(X, H=None, *, mu=None, sigma=None):
     return xp.reshape(Phi, (m, P, s * s, d))
 
 
+class MixerNetwork(RecoveredNetwork):
+    """Recovered MLP-Mixer block, with its own forward pass.
+
+    ``o = sum_j (1/s) 1^T (M_p o (W_1j X)) W_2j + b``.
+
+    ``W1`` has shape ``(n_heads, s, s)`` (token mixing), ``W2`` ``(n_heads, d, c)`` (channel
+    mixing); ``M_p = 1{H_p (X - mu) / sigma >= 0}`` (all ones for linear), zero in the rows
+    of padding positions.
+    """
+
+    architecture = "mixer"
+    _gate_buffers = ("H", "mu", "sigma")
+    _work_per_head = staticmethod(lambda s, d: 3 * s * d)
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (s, s), (d, c)
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        mixed = t["W1"][None, ...] @ X0[:, None, :, :]  # W_1j X: (n, m, s, d)
+        if "gate_H" in t:
+            M = _masks(X0, real, t["gate_H"], t["gate_mu"], t["gate_sigma"])  # (n, P, s, d)
+            M = head_gate_masks(xp, M, t["head_gate"], 1)
+        else:
+            M = real[:, None, :, None]
+        pooled = xp.sum(M * mixed, axis=2)  # 1^T (M o W_1j X): (n, m, d)
+        return xp.sum((pooled[:, :, None, :] @ t["W2"][None, ...])[:, :, 0, :], axis=1)
+
+    def gate_masks(self, X):
+        """``M_p = 1{H_p (X - mu) / sigma >= 0}``: ``(n, P, s, d)`` (ones if linear)."""
+        X = _as_tokens(X, self.token_shape)
+        if not self.gates:  # ones on the real positions
+            real = split_padding(X)[1]
+            return np.broadcast_to(real[:, None, :, None], (X.shape[0], 1) + X.shape[1:])
+        g = self.gates
+        return mixer_masks(X, g["H"], g["mu"], g["sigma"])
+
+
 class ConvexMixerClassifier(BaseConvexHead):
     """MLP-Mixer classification head trained to global optimality.
 
@@ -149,97 +195,25 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float or None, default=None
-        Absolute regularisation strength (> 0); ``None`` (default) uses
-        ``alpha_ratio * alpha_max_`` of the training data. It weighs
-        ``sum_p ||Z_p||_*``, equivalently the
-        weight decay ``alpha/2 * sum_j (||W_1j||^2 + ||W_2j||^2)`` of the non-convex network.
-        The data term is a mean over samples, so ``alpha`` does not scale with
-        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
-        model.
-    alpha_ratio : float in (0, 1], default=0.1
-        Used when ``alpha=None``: the regularisation relative to the training data's
-        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-        over between data sets of any scale (``docs/alpha.rst``).
+    %(alpha)s
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: linear token mixing, one block. ``"gated_relu"``: ``n_gates`` random
         gates ``1{H_p Xtilde_i >= 0}`` on the (standardised) token-mixed features, one block
         each.
-    n_gates : int, default=8
-        Number of gates (blocks) for ``activation="gated_relu"``.
-    loss : {"log_loss", "squared_error"}, default="log_loss"
-        Multinomial logistic loss on the pooled logits, or squared error against one-hot
-        targets.
-    fit_intercept : bool, default=True
-        Fit an unpenalised intercept.
-    max_iter : int, default=1000
-        Maximum FISTA iterations.
-    tol : float, default=1e-4
-        Stop when the duality gap is at most ``tol`` times the objective.
-    tol_scale : {"objective", "null"}, default="objective"
-        What ``tol`` is relative to: the objective, or the loss of the intercept-only
-        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
-        nearly interpolates, so certifying takes far fewer iterations at small alpha).
-        ``convergence_`` reports the gap relative to both.
-    solver : {"auto", "fista", "factored"}, default="auto"
-        ``"fista"``: accelerated proximal gradient on the lifted features.
-        ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
-        with rank growth, never forming a lifted feature, so memory and time per sample
-        grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
-        ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the factored
-        solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
-    max_time : float or None, default=None
-        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
-        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
-    n_tokens : int, default=None
-        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
-        ``None`` means one token per row.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes, multiplied into ``sample_weight``.
-    memory_budget : float, default=4.0
-        GiB the solver may use for lifted features and weights; beyond half of it the
-        features are recomputed chunk by chunk, and a problem whose weights alone do not
-        fit is refused with a message saying what to reduce.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
-    verbose : int, default=0
-        Report progress at every duality-gap evaluation: iteration, objective, the
-        relative duality gap (the quantity compared with ``tol``), elapsed time and an
-        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
-        otherwise; 2: always plain lines.
-    warm_start : bool, default=False
-        Start from the previous solution (and keep its gates) when refitting.
+    %(n_gates)s
+    %(solver)s
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_tokens**2, n_features * n_classes)
         The convex weights ``Z_p``: rows ``(t, t')`` index ``W_1``, columns ``(f, b)``
         index ``W_2`` (row-major).
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_tokens, n_tokens): gate matrices; ``"mu"`` and ``"sigma"``
         (n_features,): the token standardisation applied before gating (empty for the
         linear activation).
-    n_iter_ : int
-    dual_gap_ : float
-        Duality gap of the returned solution: an upper bound on its suboptimality.
-    objective_ : float
-        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
-    alpha_ : float
-        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
-    alpha_max_ : float
-        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
-        (:meth:`compute_alpha_max` gives it without a fit).
-    convergence_ : dict
-        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
-    token_shape_ : tuple (n_tokens, n_features)
-    n_features_in_ : int
-        ``n_tokens * n_features``.
-    device_ : str
-        ``"cpu"`` or ``"cuda"``: where the fit ran.
+    %(fitted_attributes)s
 
     Notes
     -----
@@ -288,59 +262,19 @@ class ConvexMixerClassifier(BaseConvexHead):
         "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
-    _head_name = "MLP-Mixer"
     _reduce_hint = (
         "n_tokens (s; lifted features grow as s**2 * n_features per gate — use larger "
         "patches or pool tokens), n_features (TokenPCA before the head) or n_gates"
     )
 
-    def __init__(
-        self,
-        alpha=None,
-        *,
-        alpha_ratio=DEFAULT_ALPHA_RATIO,
-        activation="gated_relu",
-        n_gates=8,
-        loss="log_loss",
-        fit_intercept=True,
-        max_iter=1000,
-        tol=1e-4,
-        tol_scale="objective",
-        solver="auto",
-        max_time=None,
-        device="auto",
-        n_tokens=None,
-        class_weight=None,
-        memory_budget=4.0,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.activation = activation
-        self.n_gates = n_gates
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.solver = solver
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    _own_params = {"solver": "auto"}
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), s * s, d)
+        return (self._n_convex_blocks(), s * s, d)
 
     def _work_per_sample(self, s, d):
         # broadcast product (P s^2 d), masks and their pre-activations (2 P s d), X / s
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return P * s * s * d + 2 * P * s * d + 2 * s * d
 
     def _draw_gates(self, rng, mu, sigma, s, d):
@@ -353,7 +287,7 @@ class ConvexMixerClassifier(BaseConvexHead):
             "sigma": np.asarray(sigma, dtype=np.float64),
         }
 
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return mixer_features
         H, mu, sigma = gates["H"], gates["mu"], gates["sigma"]
@@ -364,13 +298,13 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _factor_scratch(self, s, d, c, r):
         # mixed tokens and the masked products (2 P r s d), masks (P s d)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * r * s * d + P * s * d + 2 * s * d
 
     def _factor_operator(self, gates, X, chunk_rows):
         xp = get_namespace(X)
         X0, real, counts = split_padding(X)
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         if gates:
             H, mu, sigma = gates["H"], gates["mu"], gates["sigma"]
 
@@ -388,45 +322,34 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _token_clusters(self, X):
         s = self.token_shape_[0]
-        ids = np.broadcast_to(_mixing_clusters(self.coef_, s), (X.shape[0], s)).copy()
+        ids = np.broadcast_to(self._mixing_scores()[2], (X.shape[0], s)).copy()
         ids[np.isnan(np.asarray(X)[:, :, 0])] = -1  # padding
         return ids
 
+    def _mixing_scores(self):
+        """Per recovered head (all blocks, by singular value) the score of every token
+        position, ``sigma_j ||U_j[:, t']||`` (``(heads, s)``), and the position clusters."""
+        net = self.to_nonconvex()
+        S, U, _ = net.leading_heads()
+        score = S[:, None] * np.linalg.norm(U, axis=1)  # (heads, s): per t'
+        if S.size == 0:
+            return net, score, np.zeros(self.token_shape_[0], dtype=np.int64)
+        return net, score, np.argmax(score, axis=0).astype(np.int64)
+
     def _token_cluster_info(self):
-        s = self.token_shape_[0]
-        Z = np.asarray(self.coef_, dtype=np.float64)
-        U, S, _ = np.linalg.svd(Z, full_matrices=False)
-        S_all = S.reshape(-1)
-        order = _active_order(S_all)
-        Uh = np.transpose(U, (0, 2, 1)).reshape(-1, s, s)[order]
+        net, score, clusters = self._mixing_scores()
         return Bunch(
             kind="token_positions",
             definition=(
                 "token position t gets the rank of the recovered head j (all blocks, by "
                 "singular value) that mixes it most, argmax_j sigma_j ||U_j[:, t]||"
             ),
-            position_clusters=_mixing_clusters(self.coef_, s),
-            blocks=order // S.shape[1],
-            singular_values=S_all[order],
-            position_scores=S_all[order][:, None] * np.linalg.norm(Uh, axis=1),
+            position_clusters=clusters,
+            blocks=net.block,
+            singular_values=net.sigma,
+            position_scores=score,
             block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import MixerNetwork
+    _network_class = MixerNetwork
 
-        return MixerNetwork._from_estimator(self)
-
-
-def _mixing_clusters(coef, s):
-    """Token-position clusters from the recovered token-mixing heads, shape ``(s,)``."""
-    Z = np.asarray(coef, dtype=np.float64)
-    U, S, _ = np.linalg.svd(Z, full_matrices=False)  # U: (P, s*s, k), S: (P, k)
-    S_all = S.reshape(-1)
-    order = _active_order(S_all)
-    if order.size == 0:
-        return np.zeros(s, dtype=np.int64)
-    # heads (p, j) flattened as p * k + j; U_j reshaped to (s, s) rows t, columns t'
-    Uh = np.transpose(U, (0, 2, 1)).reshape(-1, s, s)[order]  # (heads, s, s)
-    score = S_all[order][:, None] * np.linalg.norm(Uh, axis=1)  # (heads, s): per t'
-    return np.argmax(score, axis=0).astype(np.int64)

@@ -9,10 +9,10 @@ Its convex equivalent with gated ReLU is the convex gated-ReLU network of Mishki
 
 (block shape ``(P, d, 1)``): a single batched GEMM of the gate sides with the tokens.
 
-Gates are the hyperplanes of the self-attention head (:func:`~skconvexattn._gates.
-hyperplane_gates`): random normals in standardised token coordinates, each through a random
-point near the data, so both sides hold tokens. With ``activation='linear'`` the head is a
-linear model on the mean token ``xbar_i``.
+Gates are the hyperplanes of the self-attention head
+(:class:`~skconvexattn._gates.HyperplaneGatesMixin`): random normals in standardised token
+coordinates, each through a random point near the data, so both sides hold tokens. With
+``activation='linear'`` the head is a linear model on the mean token ``xbar_i``.
 
 Padding. Padding tokens (rows entirely NaN) are zero and on no side of any gate, and the
 pooling divides by the number ``s_i`` of real tokens: ``Phi_i^(p) = (1/s_i) sum over the
@@ -26,13 +26,13 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
-from .._base import BaseConvexHead, DEFAULT_ALPHA_RATIO, _active_order
-from .._gates import hyperplane_gates, prototype_gates
+from .._base import BaseConvexHead
+from .._gates import HyperplaneGatesMixin, padding_ids, token_sides
+from .._network import RecoveredNetwork, head_gate_masks
 from .._operator import GatedTokenOperator
 from .._padding import split_padding
-from .attention import _padding_ids, gate_side_clusters, gate_side_info, token_sides
 
-__all__ = ["ConvexMLPClassifier", "mlp_features"]
+__all__ = ["ConvexMLPClassifier", "TokenMLPNetwork", "mlp_features"]
 
 
 def mlp_features(X, H=None, c=None):
@@ -87,7 +87,34 @@ def gated_token_operator(X, H, c, center=None):
     return GatedTokenOperator(X0 * (s / counts)[:, None, None], D, center=center)
 
 
-class ConvexMLPClassifier(BaseConvexHead):
+class TokenMLPNetwork(RecoveredNetwork):
+    """Recovered token MLP, with its own forward pass.
+
+    ``o = sum_j (1/s) sum_t D_p(x_t) (x_t^T w_1j) w_2j + b``.
+
+    ``W1`` has shape ``(n_heads, d)``, ``W2`` ``(n_heads, c)``;
+    ``D_p(x) = 1{gates["H"][p] . x + gates["c"][p] >= 0}`` (one for linear), zero on
+    padding tokens.
+    """
+
+    architecture = "mlp"
+    _gate_buffers = ("H", "c")
+    _work_per_head = staticmethod(lambda s, d: 2 * s)
+
+    @staticmethod
+    def _factor_shapes(s, d, c):
+        return (d,), (c,)
+
+    @classmethod
+    def _head_outputs(cls, xp, X0, real, t):
+        pre = (X0 @ xp.matrix_transpose(t["W1"])) * real[:, :, None]  # x_t . w_1j: (n, s, m)
+        if "gate_H" in t:
+            side = token_sides(X0, t["gate_H"], t["gate_c"])  # (n, s, P)
+            pre = pre * head_gate_masks(xp, side, t["head_gate"], 2)
+        return xp.sum(pre, axis=1) @ t["W2"]
+
+
+class ConvexMLPClassifier(HyperplaneGatesMixin, BaseConvexHead):
     """Token-MLP classification head (the MLP baseline) trained to global optimality.
 
     Fits the convex equivalent of a two-layer MLP applied to every token with weight decay,
@@ -99,94 +126,28 @@ class ConvexMLPClassifier(BaseConvexHead):
 
     Parameters
     ----------
-    alpha : float or None, default=None
-        Absolute regularisation strength (> 0); ``None`` (default) uses
-        ``alpha_ratio * alpha_max_`` of the training data. It weighs
-        ``sum_p ||Z_p||_*``, equivalently the
-        weight decay ``alpha/2 * sum_j (||w_1j||^2 + ||w_2j||^2)`` of the non-convex network.
-        The data term is a mean over samples, so ``alpha`` does not scale with
-        ``n_samples``. The fitted ``alpha_max_`` is the smallest value giving the all-zero
-        model.
-    alpha_ratio : float in (0, 1], default=0.1
-        Used when ``alpha=None``: the regularisation relative to the training data's
-        ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-        over between data sets of any scale (``docs/alpha.rst``).
+    %(alpha)s
     activation : {"gated_relu", "linear"}, default="gated_relu"
         ``"linear"``: a linear model on the mean token ``xbar_i`` (one block, trace-norm
         penalised). ``"gated_relu"``: ``n_gates`` random hyperplane gates; neuron group
         ``p`` sees only the tokens on one side of its hyperplane.
-    n_gates : int, default=8
-        Number of gates (blocks) for ``activation="gated_relu"``.
+    %(n_gates)s
     gate_init : {"random", "prototypes"}, default="random"
         How the gate hyperplanes are drawn (from ``random_state``): ``"random"`` Gaussian
         normals through a random point near the mean token, or ``"prototypes"``
         hyperplanes that each separate a prototype region of the training tokens from
         the mean token (:func:`~skconvexattn._gates.prototype_gates`), which follow latent
-        token clusters (see :class:`~skconvexattn.ConvexSelfAttentionClassifier`).
-    loss : {"log_loss", "squared_error"}, default="log_loss"
-        Multinomial logistic loss on the pooled logits, or squared error against one-hot
-        targets.
-    fit_intercept : bool, default=True
-        Fit an unpenalised intercept.
-    max_iter : int, default=1000
-        Maximum FISTA iterations.
-    tol : float, default=1e-4
-        Stop when the duality gap is at most ``tol`` times the objective.
-    tol_scale : {"objective", "null"}, default="objective"
-        What ``tol`` is relative to: the objective, or the loss of the intercept-only
-        model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
-        nearly interpolates, so certifying takes far fewer iterations at small alpha).
-        ``convergence_`` reports the gap relative to both.
-    max_time : float or None, default=None
-        Seconds after which the solver stops as at ``max_iter``: the iterate reached,
-        its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-        ``"auto"`` uses CuPy when a GPU is usable, else NumPy.
-    n_tokens : int, default=None
-        Tokens per row when ``X`` is given flattened as ``(n, n_tokens * n_features)``;
-        ``None`` means one token per row.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes, multiplied into ``sample_weight``.
-    memory_budget : float, default=4.0
-        GiB the solver may use for lifted features and weights; beyond half of it the
-        features are recomputed chunk by chunk, and a problem whose weights alone do not
-        fit is refused with a message saying what to reduce.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the gates (drawn on the host, so CPU and GPU fits agree).
-    verbose : int, default=0
-        Report progress at every duality-gap evaluation: iteration, objective, the
-        relative duality gap (the quantity compared with ``tol``), elapsed time and an
-        ETA. 1: a progress bar when stderr is a terminal, plain lines on stdout
-        otherwise; 2: always plain lines.
-    warm_start : bool, default=False
-        Start from the previous solution (and keep its gates) when refitting.
+        token clusters (as the self-attention head's, ``docs/clusters.rst``).
+    %(fit_params)s
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
     coef_ : ndarray of shape (n_blocks, n_features, n_classes)
         The convex weights ``Z_p`` (rows ``f`` index ``w_1``, columns ``b`` index ``w_2``).
-    intercept_ : ndarray of shape (n_classes,)
     gates_ : dict of ndarray
         ``"H"`` (n_gates, n_features) and ``"c"`` (n_gates,): hyperplanes of the gates
         (empty for the linear activation).
-    n_iter_ : int
-    dual_gap_ : float
-        Duality gap of the returned solution: an upper bound on its suboptimality.
-    objective_ : float
-        Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
-    alpha_ : float
-        The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
-    alpha_max_ : float
-        The smallest ``alpha`` giving the all-zero model, from the gradient at zero
-        (:meth:`compute_alpha_max` gives it without a fit).
-    convergence_ : dict
-        ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
-    token_shape_ : tuple (n_tokens, n_features)
-    n_features_in_ : int
-        ``n_tokens * n_features``.
-    device_ : str
-        ``"cpu"`` or ``"cuda"``: where the fit ran.
+    %(fitted_attributes)s
 
     Notes
     -----
@@ -230,76 +191,24 @@ class ConvexMLPClassifier(BaseConvexHead):
         "gate_init": [StrOptions({"random", "prototypes"})],
     }
 
-    _head_name = "token MLP"
     _reduce_hint = "n_gates or n_features (TokenPCA before the head)"
 
-    def __init__(
-        self,
-        alpha=None,
-        *,
-        alpha_ratio=DEFAULT_ALPHA_RATIO,
-        activation="gated_relu",
-        n_gates=8,
-        gate_init="random",
-        loss="log_loss",
-        fit_intercept=True,
-        max_iter=1000,
-        tol=1e-4,
-        tol_scale="objective",
-        max_time=None,
-        device="auto",
-        n_tokens=None,
-        class_weight=None,
-        memory_budget=4.0,
-        random_state=None,
-        verbose=0,
-        warm_start=False,
-    ):
-        self.alpha = alpha
-        self.alpha_ratio = alpha_ratio
-        self.activation = activation
-        self.n_gates = n_gates
-        self.gate_init = gate_init
-        self.loss = loss
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.tol_scale = tol_scale
-        self.max_time = max_time
-        self.device = device
-        self.n_tokens = n_tokens
-        self.class_weight = class_weight
-        self.memory_budget = memory_budget
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
+    _own_params = {"gate_init": "random"}
 
     def _block_shape(self, s, d):
-        return (self._n_blocks(), d, 1)
+        return (self._n_convex_blocks(), d, 1)
 
     def _work_per_sample(self, s, d):
-        P = self._n_blocks()
+        P = self._n_convex_blocks()
         return 2 * P * s + 2 * P * d + s * d
 
-    def _draw_gates(self, rng, mu, sigma, s, d):
-        if self.activation == "linear":
-            return {}
-        H, c = hyperplane_gates(rng, self.n_gates, mu, sigma)
-        return {"H": H, "c": c}
-
-    def _init_gates(self, rng, X, w, mu, sigma):
-        if self.activation == "gated_relu" and self.gate_init == "prototypes":
-            H, c = prototype_gates(rng, self.n_gates, X, w, mu, sigma)
-            return {"H": H, "c": c}
-        return super()._init_gates(rng, X, w, mu, sigma)
-
-    def _feature_map(self, gates, xp):
+    def _feature_map(self, gates):
         if not gates:
             return mlp_features
         H, c = gates["H"], gates["c"]
         return lambda X: mlp_features(X, H, c)
 
-    def _operator(self, gates, X, xp, block_shape, n_outputs, plan, center=None):
+    def _operator(self, gates, X, block_shape, n_outputs, plan, center=None):
         """Matrix-free products where they move less memory than the features.
 
         The materialised features hold ``P d`` floats per sample and every product is a
@@ -316,48 +225,39 @@ class ConvexMLPClassifier(BaseConvexHead):
             # faster per product; with 3 tokens or 10 classes the features win
             if s * c <= 2 and s * (d + P * (1 + 2 * c)) < P * d:
                 return gated_token_operator(X, gates["H"], gates["c"], center=center)
-        return super()._operator(gates, X, xp, block_shape, n_outputs, plan, center)
+        return super()._operator(gates, X, block_shape, n_outputs, plan, center)
 
-    def _token_clusters(self, X):
-        if self.activation == "gated_relu":
-            return gate_side_clusters(self, X)
-        return _leading_neuron_clusters(X, self.coef_[0])
+    _gate_side_definition = (
+        "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th most "
+        "important active gate"
+    )
 
-    def _token_cluster_info(self):
-        if self.activation == "gated_relu":
-            return gate_side_info(
-                self,
-                "bit j of a token's id is its side (1: H[j] . x + c[j] >= 0) of the j-th "
-                "most important active gate",
-            )
-        norms = self.block_norms()
-        U, S, _ = np.linalg.svd(np.asarray(self.coef_[0], dtype=np.float64), full_matrices=False)
-        k = _active_order(S)[:8]
+    def _linear_token_clusters(self, X):
+        return _leading_neuron_clusters(self, X)
+
+    def _linear_token_cluster_info(self):
+        S, U, _ = self.to_nonconvex().leading_heads(8)
         return Bunch(
             kind="leading_neurons",
             definition=(
                 "the id is the rank of the recovered neuron j (among the 8 leading ones) with "
                 "the largest response sigma_j |u_j . x| to the token"
             ),
-            neurons=np.arange(k.size),
-            singular_values=S[k],
-            directions=U[:, k].T,
-            block_norms=norms,
+            neurons=np.arange(S.size),
+            singular_values=S,
+            directions=U,
+            block_norms=self.block_norms(),
         )
 
-    def _to_nonconvex(self):
-        from ..nonconvex import TokenMLPNetwork
-
-        return TokenMLPNetwork._from_estimator(self)
+    _network_class = TokenMLPNetwork
 
 
-def _leading_neuron_clusters(X, Z, max_heads=8):
+def _leading_neuron_clusters(est, X, max_heads=8):
     """Linear token MLP: the leading recovered neuron (by singular value) with the largest
     response ``sigma_j |u_j . x_t|`` to each token."""
-    U, S, _ = np.linalg.svd(np.asarray(Z, dtype=np.float64), full_matrices=False)
-    k = _active_order(S)[:max_heads]
-    X, real, _ = split_padding(X)
-    if k.size == 0:
-        return _padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
-    resp = np.abs(X @ U[:, k]) * S[k]  # (n, s, heads)
-    return _padding_ids(np.argmax(resp, axis=2), real)
+    S, U, _ = est.to_nonconvex().leading_heads(max_heads)
+    X, real, _ = split_padding(np.asarray(X, dtype=np.float64))
+    if S.size == 0:
+        return padding_ids(np.zeros(X.shape[:2], dtype=np.int64), real)
+    resp = np.abs(X @ U.T) * S  # (n, s, heads)
+    return padding_ids(np.argmax(resp, axis=2), real)
