@@ -25,6 +25,7 @@ attributes, predictions) lives here once.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from numbers import Integral, Real
 
@@ -38,10 +39,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._auto_alpha import select_alpha_ratio
 from ._backend import get_namespace, resolve_device, scalar, to_numpy
 from ._datafits import get_datafit, softmax
 from ._factored import balanced_heads, block_spectra, factored_solve
-from ._factored_ops import chunk_rows_for
+from ._factored_ops import LiftedFactorOperator, chunk_rows_for
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
 from ._params import DEFAULT_ALPHA_RATIO, PARAMETER_DOCS, head_signature, make_init
@@ -135,7 +137,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "alpha": [Interval(Real, 0, None, closed="neither"), None],
-        "alpha_ratio": [Interval(Real, 0, 1, closed="right")],
+        "alpha_ratio": [Interval(Real, 0, 1, closed="right"), StrOptions({"auto"})],
         "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "activation": [StrOptions({"linear", "gated_relu"})],
         "n_gates": [Interval(Integral, 1, None, closed="left")],
@@ -144,6 +146,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "tol_scale": [StrOptions({"objective", "null"})],
+        "solver": [StrOptions({"auto", "fista", "factored"})],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
         "n_tokens": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [dict, StrOptions({"balanced"}), None],
@@ -255,8 +258,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         dtype = X3.dtype
         P, R, L = self._block_shape(s, d)
         c = classes.shape[0]
-        factored = self._choose_solver(n, s, d, c, dtype) == "factored"
-        plan = None if factored else plan_memory(
+        solver = self._choose_solver(n, s, d, c, dtype)
+        factored = solver != "fista"
+        plan = None if solver == "factored" else plan_memory(
             n,
             P * R * L,
             P * R * L * c,
@@ -292,7 +296,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         wd = backend.asarray(w.astype(dtype))
         gates_d = {k: backend.asarray(v.astype(dtype)) for k, v in gates.items()}
         datafit = get_datafit(self.loss)
-        if factored:
+        if solver == "factored":
             op, amax = self._factored_setup(gates_d, Xd, Yd, wd, datafit, c)
             grad_at_zero = None
         else:
@@ -300,8 +304,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 gates_d, Xd, (P, R, L), c, plan, wd if self.fit_intercept else None
             )
             amax, grad_at_zero = alpha_max(op, datafit, Yd, wd, self.fit_intercept)
+            if factored:  # factors whose products go through the lifted features
+                op = LiftedFactorOperator(
+                    op, (P, R, L), self._factor_a_shape(s, d) or (R,)
+                )
+                grad_at_zero = None
         return Bunch(
-            factored=factored,
+            factored=factored, solver=solver,
             X3=X3, classes=classes, dtype=dtype, block_shape=(P, R, L), plan=plan,
             backend=backend, gates=gates, gate_key=gate_key, op=op, datafit=datafit,
             Y=Yd, w=wd, alpha_max=scalar(amax), grad_at_zero=grad_at_zero,
@@ -348,12 +357,20 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         st = probe._setup(X, y, sample_weight, reset=True)
         return _ldexp(st.alpha_max, -st.scale_exp * self._degree)
 
-    def _resolve_alpha(self, amax):
+    def _resolve_alpha(self, amax, ratio):
         """The absolute ``alpha`` of a fit: ``alpha`` when given, else
-        ``alpha_ratio * alpha_max``."""
+        ``ratio * alpha_max`` (``ratio``: ``alpha_ratio``, or the one ``"auto"`` chose)."""
         if self.alpha is not None:
             return float(self.alpha)
-        return float(self.alpha_ratio) * amax
+        return float(ratio) * amax
+
+    def _choose_alpha_ratio(self, X, y, sample_weight):
+        """The ratio of this fit and how it was chosen (``alpha_selection_``)."""
+        if self.alpha is not None:
+            return None, {"method": "absolute"}
+        if self.alpha_ratio == "auto":
+            return select_alpha_ratio(self, X, y, sample_weight)
+        return float(self.alpha_ratio), {"method": "given", "ratio": float(self.alpha_ratio)}
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
@@ -387,6 +404,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
+        t_start = time.monotonic()
+        ratio, selection = self._choose_alpha_ratio(X, y, sample_weight)
+        # max_time bounds the whole fit: the final solve gets what the choice left
+        self._max_time_left = (
+            None if self.max_time is None
+            else max(self.max_time - (time.monotonic() - t_start), 1e-3)
+        )
         st = self._setup(X, y, sample_weight, reset=True)
         P, R, L = st.block_shape
         c = st.classes.shape[0]
@@ -406,12 +430,15 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         k = st.scale_exp * self._degree
         amax = _ldexp(st.alpha_max, -k)
         self.alpha_max_ = amax
-        self.alpha_ = self._resolve_alpha(amax)
+        self.alpha_ = self._resolve_alpha(amax, ratio)
+        self.alpha_ratio_ = (
+            ratio if ratio is not None
+            else (self.alpha_ / amax if amax > 0 else math.inf)
+        )
+        self.alpha_selection_ = selection
         self.input_scale_exp_ = int(st.scale_exp)
         amax_solve = st.alpha_max
-        alpha = (
-            float(self.alpha_ratio) * amax_solve if self.alpha is None else _ldexp(self.alpha, k)
-        )
+        alpha = float(ratio) * amax_solve if self.alpha is None else _ldexp(self.alpha, k)
         if self.alpha is not None and alpha >= amax_solve:
             warnings.warn(
                 f"alpha={self.alpha_:g} >= alpha_max_={amax:.4g}: the solution is the all-zero "
@@ -463,7 +490,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             grad_at_zero=st.grad_at_zero,
             verbose=self.verbose,
             warn=False,
-            max_time=self.max_time,
+            max_time=self._max_time_left,
             interruptible=True,
         )
         if not res.converged and not res.interrupted:
@@ -536,30 +563,27 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         return itemsize * (28 * factors + data + self._factor_scratch(s, d, c, heads))
 
     def _choose_solver(self, n, s, d, c, dtype):
-        """``"fista"`` (lifted features) or ``"factored"``, from the ``solver`` parameter.
+        """How this fit is solved, from the ``solver`` parameter: ``"fista"`` (proximal
+        gradient on the lifted features), ``"factored-lifted"`` (L-BFGS on factors, each
+        product through the lifted features) or ``"factored"`` (L-BFGS on factors with the
+        head's matrix-free products, self-attention and the Mixer only).
 
-        ``"auto"`` (the cost model, see ``docs/factored.rst``) takes the factored path when
-        the lifted features would not be kept in memory (FISTA would recompute them at
-        every product, or could not run at all) and the factored solver fits in
-        ``memory_budget`` with a few heads per block; otherwise FISTA, whose iterations
-        are cheap once the features are materialised (and which refuses, with what to
-        reduce, a problem too large for both).
+        ``"factored"`` asks for factors: with the head's matrix-free products when it
+        has them, through the lifted features otherwise. ``"auto"`` (the cost model, see
+        ``docs/factored.rst``) takes factors through the lifted features when these are
+        kept in memory (a product then costs what one FISTA product costs, and L-BFGS
+        needs several times fewer); when they would be recomputed at every product
+        (chunked), the matrix-free products if the head has them and they fit in
+        ``memory_budget``, else FISTA (one product pair per iteration, against more for
+        a line search).
         """
-        solver = getattr(self, "solver", "fista")
+        solver = self.solver
+        if solver == "fista":
+            return solver
         itemsize = np.dtype(dtype).itemsize
         budget = self.memory_budget * 1024**3
-        need = self._factored_bytes(n, s, d, c, itemsize)
-        if solver == "factored":
-            if need > budget:
-                raise ValueError(
-                    f"{type(self).__name__}: the factored solver needs about "
-                    f"{need / 1024**3:.3g} GiB for {_PLAN_HEADS} heads per gate, more than "
-                    f"memory_budget={self.memory_budget:g} GiB. Reduce {self._reduce_hint}, "
-                    "or raise memory_budget if the machine has the memory."
-                )
-            return solver
-        if solver != "auto":
-            return solver
+        free = self._factor_a_shape(s, d) is not None
+        need = self._factored_bytes(n, s, d, c, itemsize) if free else math.inf
         P, R, L = self._block_shape(s, d)
         try:
             plan = plan_memory(
@@ -567,8 +591,23 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 self.memory_budget, type(self).__name__, self._reduce_hint,
             )
         except ValueError:
-            return "factored" if need <= budget else "fista"  # fista states the refusal
-        return "fista" if plan.materialised or need > budget else "factored"
+            if not free or (solver == "auto" and need > budget):
+                raise  # the plan states the refusal and what to reduce
+            plan = None
+        if not free:  # factors through the lifted features, or FISTA on chunks (auto)
+            return "factored-lifted" if solver == "factored" or plan.materialised else "fista"
+        if solver == "auto" and plan is not None and plan.materialised:
+            return "factored-lifted"
+        if need > budget:
+            if solver == "auto":
+                return "fista"
+            raise ValueError(
+                f"{type(self).__name__}: the factored solver needs about "
+                f"{need / 1024**3:.3g} GiB for {_PLAN_HEADS} heads per gate, more than "
+                f"memory_budget={self.memory_budget:g} GiB. Reduce {self._reduce_hint}, "
+                "or raise memory_budget if the machine has the memory."
+            )
+        return "factored"
 
     def _factored_setup(self, gates, X, Y, w, datafit, c):
         """The factor operator of ``X`` and ``alpha_max`` from the spectra of the
@@ -593,35 +632,41 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         warm = (
             self.warm_start
             and prev is not None
-            and prev["A"].shape[2:] == self._factor_a_shape(s, d)
-            and prev["B"].shape[2:] == (d, c)
+            and prev["A"].shape[2:] == tuple(st.op.a_shape)
+            and prev["B"].shape[2:] == (st.op.d, c)
             and prev["A"].shape[0] == st.block_shape[0]
             and np.array_equal(getattr(self, "classes_", None), st.classes)
             and getattr(self, "input_scale_exp_", 0) == st.scale_exp
         )
         A0 = B0 = b_init = None
+        lifted = st.solver == "factored-lifted"
         if warm:
             A0 = backend.asarray(prev["A"].astype(dtype))
             B0 = backend.asarray(prev["B"].astype(dtype))
             b_init = backend.asarray(self.intercept_.astype(dtype))
+            if lifted and A0.shape[1] > 0:  # the solver's intercept: on centred features
+                b_init = b_init + st.op.intercept_shift(A0, B0)
         res = factored_solve(
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
-            A_init=A0, B_init=B0, intercept_init=b_init, max_time=self.max_time,
+            A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
             verbose=self.verbose, warn=False,
         )
         if not res.converged:
             self._warn_not_converged(res)
         A2, B2, S = balanced_heads(res.A, res.B)
-        self.factors_ = {"A": A2.astype(dtype), "B": B2.astype(dtype)}
+        self.factors_ = {"A": A2.astype(dtype), "B": B2.astype(dtype), "matrix_free": not lifted}
         self.factor_singular_values_ = S
         P, R, L = st.block_shape
         self.__dict__.pop("coef_", None)
-        if P * R * L * c <= _MATERIALISE_MAX:
+        if lifted or P * R * L * c <= _MATERIALISE_MAX:
             U = A2.reshape(P, A2.shape[1], R)
             V = B2.reshape(P, B2.shape[1], L * c)
             self.coef_ = np.matmul(np.transpose(U, (0, 2, 1)), V).astype(dtype)
-        self.intercept_ = to_numpy(res.intercept)
+        intercept = res.intercept
+        if lifted and res.A.shape[1] > 0:  # the lifted features may be centred
+            intercept = intercept - st.op.intercept_shift(res.A, res.B)
+        self.intercept_ = to_numpy(intercept)
         self.n_iter_ = res.n_iter
         self.dual_gap_ = res.dual_gap
         self.objective_ = res.objective
@@ -630,7 +675,12 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.interrupted_ = False
         self.device_ = backend.name
         self.solver_ = "factored"
-        self.memory_plan_ = f"factored, chunks of {st.op.chunk_rows}"
+        if lifted:
+            self.memory_plan_ = "factored, lifted features " + (
+                "materialised" if st.plan.materialised else f"in chunks of {st.plan.chunk_rows}"
+            )
+        else:
+            self.memory_plan_ = f"factored, chunks of {st.op.chunk_rows}"
         return self
 
     def _factor_logits(self, X3):
@@ -663,7 +713,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         extra = self._scale_exponent(X3)
         if extra:
             X3 = np.ldexp(X3, extra).astype(X3.dtype, copy=False)
-        if "factors_" in self.__dict__:
+        if "factors_" in self.__dict__ and self.factors_.get("matrix_free", True):
+            # a factored fit with matrix-free products: its predictions use them too
             O = self._factor_logits(X3)
             if extra:
                 with np.errstate(over="ignore", under="ignore"):

@@ -167,8 +167,11 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=None):
     R, Lc = math.prod(a_shape), d * c
     rng = np.random.default_rng(0) if rng is None else rng
     exact_max = EXACT_MAX if exact_max is None else exact_max
-    if Lc <= exact_max or R <= exact_max:
-        if Lc <= R:
+    direct = getattr(op, "gradient_blocks", None)
+    if direct is not None or Lc <= exact_max or R <= exact_max:
+        if direct is not None:  # a lifted operator forms the blocks in one product
+            Gm = to_numpy(direct(T)).astype(np.float64)
+        elif Lc <= R:
             eye = xp.reshape(xp.eye(Lc, dtype=dtype), (1, Lc, d, c))
             G = op.grad_a(T, xp.broadcast_to(eye, (P, Lc, d, c)))  # (P, Lc) + a_shape
             Gm = np.transpose(to_numpy(xp.reshape(G, (P, Lc, R))).astype(np.float64), (0, 2, 1))
@@ -435,6 +438,7 @@ def factored_solve(
     dtype = Y.dtype
     P, a_shape = op.P, op.a_shape
     d, c = op.d, Y.shape[1]
+    R, Lc = math.prod(a_shape), d * c
     rng = np.random.default_rng(random_state)
     t0 = time.perf_counter()
     deadline = math.inf if max_time is None else t0 + float(max_time)
@@ -496,7 +500,11 @@ def factored_solve(
             timed_out = True
             break
         # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
+        # a block of r >= min(R, L c) heads already spans every matrix of its shape (and
+        # Burer-Monteiro has no spurious local minimum there): no column to add
         grow = sig > alpha * (1.0 + 1e-6)
+        if A.shape[1] >= min(R, Lc):
+            grow[:] = False
         if stalled and not np.any(grow):
             break  # no descent left at this precision: the certificate is what it is
         if np.any(grow):

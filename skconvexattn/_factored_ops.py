@@ -30,7 +30,7 @@ import math
 
 from ._backend import get_namespace
 
-__all__ = ["AttentionFactorOperator", "MixerFactorOperator"]
+__all__ = ["AttentionFactorOperator", "LiftedFactorOperator", "MixerFactorOperator"]
 
 
 class _FactorOperator:
@@ -287,3 +287,76 @@ def chunk_rows_for(n, per_sample_floats, itemsize, budget_bytes):
     """Samples per chunk so that the scratch arrays of one product fit ``budget_bytes``."""
     per = max(per_sample_floats * itemsize, 1)
     return int(max(1, min(n, math.floor(budget_bytes / per))))
+
+
+class LiftedFactorOperator:
+    """Factors on any lifted operator: ``Z_p = A_p^T B_p`` formed, then one lifted product.
+
+    For heads whose blocks are small enough to hold (``coef_`` of ``P R L c`` weights; the
+    MLP and FNO heads, and the attention heads on few features), the factored solver runs
+    on the lifted operator itself: each value-and-gradient pass is one ``forward`` and one
+    ``adjoint`` of it, as one FISTA step is, plus GEMMs of ``P r (R + L c)`` numbers.
+    ``A`` has shape ``(P, r, R)``, ``B`` ``(P, r, L, c)``; ``intercept_shift`` is the lifted
+    operator's (its features may be centred).
+    """
+
+    def __init__(self, op, block_shape, a_shape=None):
+        self.op = op
+        self.P, self.R, self.d = (int(v) for v in block_shape)
+        self.a_shape = (self.R,) if a_shape is None else tuple(int(v) for v in a_shape)
+        if math.prod(self.a_shape) != self.R:
+            raise ValueError(f"a_shape {self.a_shape} does not hold R={self.R} numbers")
+        self.chunk_rows = getattr(op, "chunk_rows", None)
+
+    def _flat(self, A):
+        xp = get_namespace(A)
+        return xp.reshape(A, (A.shape[0], A.shape[1], self.R))
+
+    def _Z(self, A, B):
+        xp = get_namespace(A)
+        P, r = B.shape[0], B.shape[1]
+        return xp.matmul(xp.permute_dims(self._flat(A), (0, 2, 1)), xp.reshape(B, (P, r, -1)))
+
+    def intercept_shift(self, A, B):
+        """The intercept correction of the lifted operator at ``Z = A^T B``."""
+        return self.op.intercept_shift(self._Z(A, B))
+
+    def forward(self, A, B):
+        """Logits without intercept, ``(n, c)``."""
+        return self.op.forward(self._Z(A, B))
+
+    def _blocks(self, T):
+        return self.op.adjoint(T)  # (P, R, L c)
+
+    def grad_a(self, T, B):
+        """``Grad_p vec(B_pj)``, shaped like ``A``."""
+        xp = get_namespace(B)
+        P, r = B.shape[0], B.shape[1]
+        G = self._blocks(T)
+        gA = xp.matmul(xp.reshape(B, (P, r, -1)), xp.permute_dims(G, (0, 2, 1)))
+        return xp.reshape(gA, (P, r) + self.a_shape)
+
+    def grad_b(self, T, A):
+        """``Grad_p^T vec(A_pj)``, shaped ``(P, r, L, c)``."""
+        xp = get_namespace(A)
+        P, r = A.shape[0], A.shape[1]
+        G = self._blocks(T)
+        return xp.reshape(xp.matmul(self._flat(A), G), (P, r, self.d, T.shape[1]))
+
+    def gradient_blocks(self, T):
+        """The gradient blocks ``Grad_p`` themselves, ``(P, R, L c)``."""
+        return self._blocks(T)
+
+    def value_and_grads(self, A, B, intercept, datafit, Y, w):
+        """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits:
+        one forward and one adjoint product."""
+        xp = get_namespace(A)
+        P, r = A.shape[0], A.shape[1]
+        O = self.op.forward(self._Z(A, B)) + intercept[None, :]
+        f, theta = datafit.value_and_gradient(O, Y, w)
+        G = self._blocks(w[:, None] * theta)
+        Bm = xp.reshape(B, (P, r, -1))
+        gA = xp.reshape(xp.matmul(Bm, xp.permute_dims(G, (0, 2, 1))), A.shape)
+        gB = xp.reshape(xp.matmul(self._flat(A), G), B.shape)
+        gb = w @ theta
+        return f, gA, gB, gb, O

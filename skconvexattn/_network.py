@@ -183,7 +183,7 @@ class RecoveredNetwork:
         s, d = est.token_shape_
         c = est.classes_.shape[0]
         shapes = cls._factor_shapes(s, d, c)
-        if "factors_" in est.__dict__:  # a factored fit: its heads directly
+        if "coef_" not in est.__dict__:  # a factored fit, blocks never formed: its heads
             f = est.factors_
             W1, W2, sig, blk = heads_from_factors(
                 f["A"], f["B"], est.factor_singular_values_, *shapes

@@ -17,10 +17,10 @@ import textwrap
 
 __all__ = ["DEFAULT_ALPHA_RATIO", "PARAMETER_DOCS", "head_signature", "make_init"]
 
-#: default ``alpha_ratio`` of every head: ``alpha_ = alpha_ratio * alpha_max_`` when
-#: ``alpha=None`` (tuned on real text and image tokens, see docs/alpha.rst and
-#: benchmarks/tune_alpha_ratio.py)
-DEFAULT_ALPHA_RATIO = 0.1
+#: default ``alpha_ratio`` of every head when ``alpha=None``: chosen on a held-out part of
+#: the training data (:mod:`skconvexattn._auto_alpha`; no single ratio suits both real
+#: text and image tokens, see docs/alpha.rst and benchmarks/tune_alpha_ratio.py)
+DEFAULT_ALPHA_RATIO = "auto"
 
 _GATE_PARAMS = (("alpha_ratio", DEFAULT_ALPHA_RATIO), ("activation", "gated_relu"), ("n_gates", 8))
 _RUN_PARAMS = (
@@ -29,6 +29,7 @@ _RUN_PARAMS = (
     ("max_iter", 1000),
     ("tol", 1e-4),
     ("tol_scale", "objective"),
+    ("solver", "auto"),
     ("max_time", None),
     ("device", "auto"),
     ("n_tokens", None),
@@ -93,10 +94,15 @@ PARAMETER_DOCS = {
             (:meth:`to_nonconvex`). The data term is a mean over samples, so ``alpha`` does
             not scale with ``n_samples``. The fitted ``alpha_max_`` is the smallest value
             giving the all-zero model.
-        alpha_ratio : float in (0, 1], default=0.1
+        alpha_ratio : float in (0, 1] or "auto", default="auto"
             Used when ``alpha=None``: the regularisation relative to the training data's
             ``alpha_max_`` (``alpha_ = alpha_ratio * alpha_max_``), a value that carries
-            over between data sets of any scale (``docs/alpha.rst``).
+            over between data sets of any scale (``docs/alpha.rst``). ``"auto"``: with at
+            least 500 samples (and 10 per class), the ratio of ``0.3, 0.1, 0.03, ...,
+            0.001`` that scores best on a stratified 20 % of the training samples held
+            out from a warm-started path fitted on the rest (``random_state`` draws the
+            split); then the fit on all samples. Smaller data use 0.1.
+            ``alpha_selection_`` records the choice.
     """),
     "n_gates": _doc("""
         n_gates : int, default=8
@@ -109,7 +115,7 @@ PARAMETER_DOCS = {
         fit_intercept : bool, default=True
             Fit an unpenalised intercept.
         max_iter : int, default=1000
-            Maximum FISTA iterations.
+            Maximum solver iterations.
         tol : float, default=1e-4
             Stop when the duality gap is at most ``tol`` times the objective.
         tol_scale : {"objective", "null"}, default="objective"
@@ -117,6 +123,18 @@ PARAMETER_DOCS = {
             model (``"null"``, as scikit-learn's Lasso; it does not shrink when the model
             nearly interpolates, so certifying takes far fewer iterations at small alpha).
             ``convergence_`` reports the gap relative to both.
+        solver : {"auto", "fista", "factored"}, default="auto"
+            ``"fista"``: accelerated proximal gradient on the lifted features.
+            ``"factored"``: L-BFGS on the heads of the network (factors
+            ``Z_p = U_p V_p^T``) with rank growth and the same certificate; for
+            self-attention and the Mixer through matrix-free products that never form a
+            lifted feature (memory and time per sample grow like ``heads * (d**2 + d c)``
+            instead of ``d**3 c``), for the other heads through the lifted features.
+            ``"auto"``: factors through the lifted features when these are kept in memory
+            (one product costs what a FISTA product costs, and L-BFGS needs several times
+            fewer at small ``alpha``); otherwise the matrix-free products where the head
+            has them and they fit in ``memory_budget``, else FISTA
+            (``docs/factored.rst``). ``solver_`` says which ran, ``memory_plan_`` how.
         max_time : float or None, default=None
             Seconds after which the solver stops as at ``max_iter``: the iterate reached,
             its certificate ``dual_gap_`` and a ``ConvergenceWarning``.
@@ -141,15 +159,6 @@ PARAMETER_DOCS = {
         warm_start : bool, default=False
             Start from the previous solution (and keep its gates) when refitting.
     """),
-    "solver": _doc("""
-        solver : {"auto", "fista", "factored"}, default="auto"
-            ``"fista"``: accelerated proximal gradient on the lifted features.
-            ``"factored"``: L-BFGS on the heads of the network (factors ``Z_p = U_p V_p^T``)
-            with rank growth, never forming a lifted feature, so memory and time per sample
-            grow like ``heads * (d**2 + d c)`` instead of ``d**3 c``; same certificate.
-            ``"auto"``: FISTA when the lifted features fit in ``memory_budget``, the
-            factored solver otherwise (``docs/factored.rst``). ``solver_`` says which ran.
-    """),
     "fitted_attributes": _doc("""
         classes_ : ndarray of shape (n_classes,)
         intercept_ : ndarray of shape (n_classes,)
@@ -159,7 +168,14 @@ PARAMETER_DOCS = {
         objective_ : float
             Mean loss plus ``alpha * sum_p ||Z_p||_*`` at the returned solution.
         alpha_ : float
-            The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio * alpha_max_``).
+            The absolute ``alpha`` of the fit (``alpha``, or ``alpha_ratio_ * alpha_max_``).
+        alpha_ratio_ : float
+            ``alpha_ / alpha_max_``: the ratio used (the one chosen with
+            ``alpha_ratio="auto"``).
+        alpha_selection_ : dict
+            How ``alpha_`` was set: ``method`` (``"holdout"``, ``"fixed"``, ``"given"`` or
+            ``"absolute"``); for ``"holdout"`` the ``ratios`` tried, their held-out
+            accuracies ``scores``, ``n_train``, ``n_validation`` and ``seconds``.
         alpha_max_ : float
             The smallest ``alpha`` giving the all-zero model, from the gradient at zero
             (:meth:`compute_alpha_max` gives it without a fit).

@@ -102,3 +102,74 @@ def test_cv_grid_is_in_ratios_of_alpha_max(cls, data):
     assert cv.alpha_max_ == pytest.approx(head.compute_alpha_max(X, y), rel=1e-12)
     assert head.alpha_ == pytest.approx(cv.alpha_)
     assert "alpha_ratio" not in cls().get_params()
+
+
+# ------------------------------------------------------------ alpha_ratio="auto"
+@pytest.fixture(scope="module")
+def large():
+    """Enough samples for the held-out choice (>= 500, >= 10 per class)."""
+    X, y = make_token_clusters(n_samples=600, n_tokens=6, n_features=4, random_state=1,
+                               return_X_y=True)
+    return X, y
+
+
+def test_auto_ratio_is_the_best_held_out_ratio(large):
+    from skconvexattn import ConvexMLPClassifier
+    from skconvexattn._auto_alpha import AUTO_RATIOS, VALIDATION_FRACTION
+
+    X, y = large
+    est = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
+    sel = est.alpha_selection_
+    assert sel["method"] == "holdout"
+    assert sel["ratios"] == list(AUTO_RATIOS[: len(sel["ratios"])])
+    assert sel["n_validation"] == round(VALIDATION_FRACTION * len(y))
+    best = int(np.argmax(sel["scores"]))  # the first best: ties go to the larger ratio
+    assert sel["ratio"] == sel["ratios"][best] == est.alpha_ratio_
+    assert est.alpha_ == pytest.approx(est.alpha_ratio_ * est.alpha_max_, rel=1e-12)
+    # the final fit is the fixed-ratio fit on all samples at the chosen ratio
+    fixed = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=est.alpha_ratio_)
+    fixed.fit(X, y)
+    assert fixed.alpha_selection_["method"] == "given"
+    assert fixed.objective_ == pytest.approx(est.objective_, rel=1e-6)
+    # the held-out scores are those of the path's fits: recompute one
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+
+    seed = check_random_state(0).randint(np.iinfo(np.int32).max)
+    tr, va = train_test_split(np.arange(len(y)), test_size=VALIDATION_FRACTION,
+                              stratify=y, random_state=seed)
+    one = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=sel["ratios"][0],
+                              tol=1e-3).fit(X[np.sort(tr)], y[np.sort(tr)])
+    assert one.score(X[np.sort(va)], y[np.sort(va)]) == pytest.approx(sel["scores"][0])
+    # same random_state, same choice
+    again = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
+    assert again.alpha_selection_["scores"] == sel["scores"]
+
+
+def test_auto_ratio_falls_back_on_small_data(data):
+    from skconvexattn import ConvexMLPClassifier
+    from skconvexattn._auto_alpha import FALLBACK_RATIO
+
+    X, y = data
+    est = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
+    assert est.alpha_selection_["method"] == "fixed"
+    assert est.alpha_ratio_ == FALLBACK_RATIO
+    assert est.alpha_ == pytest.approx(FALLBACK_RATIO * est.alpha_max_, rel=1e-12)
+    absolute = ConvexMLPClassifier(n_gates=2, random_state=0, alpha=est.alpha_).fit(X, y)
+    assert absolute.alpha_selection_ == {"method": "absolute"}
+    assert absolute.alpha_ratio_ == pytest.approx(FALLBACK_RATIO, rel=1e-12)
+
+
+def test_auto_ratio_respects_max_time(large):
+    import time
+
+    from skconvexattn import ConvexSelfAttentionClassifier
+
+    X, y = large
+    est = ConvexSelfAttentionClassifier(n_gates=2, random_state=0, max_time=1.0, tol=1e-12)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    assert time.perf_counter() - t0 < 1.0 + 3.0  # the budget plus set-up costs
+    assert est.alpha_selection_["method"] == "holdout"

@@ -236,11 +236,36 @@ def test_auto_takes_factored_where_lifted_is_refused():
     assert est.score(X, y) > 0.8
 
 
-def test_auto_keeps_fista_on_small_problems():
+def test_auto_takes_lifted_factors_when_the_features_are_kept():
+    """The cost model: lifted features in memory -> factors through them; the same
+    features in chunks and no matrix-free products (FNO) -> FISTA; explicit "factored"
+    -> the matrix-free products of the heads that have them."""
     X, y = _data()
     est = ConvexMixerClassifier(alpha=0.05, n_gates=2, random_state=0).fit(X, y)
-    assert est.solver_ == "fista"
-    assert "factors_" not in est.__dict__
+    assert est.solver_ == "factored"
+    assert est.memory_plan_ == "factored, lifted features materialised"
+    assert est.factors_["matrix_free"] is False
+    free = ConvexMixerClassifier(alpha=0.05, n_gates=2, random_state=0,
+                                 solver="factored").fit(X, y)
+    assert free.memory_plan_.startswith("factored, chunks of")
+    assert free.factors_["matrix_free"] is True
+    # an FNO whose lifted features only fit in chunks
+    from skconvexattn import ConvexFNOClassifier
+    from skconvexattn._operator import plan_memory
+
+    fno = ConvexFNOClassifier(alpha=0.05, n_gates=2, random_state=0)
+    n, c = X.shape[0], np.unique(y).shape[0]
+    P, R, L = fno._block_shape(*X.shape[1:])
+    full = plan_memory(n, P * R * L, P * R * L * c, 8, fno._work_per_sample(
+        *X.shape[1:]), 4.0, "FNO", "")
+    # too small to keep the features, enough for chunks of them
+    budget = (full.weight_bytes + 8 * n * c * 8 + full.feature_bytes / 2) / 1024**3
+    assert not plan_memory(n, P * R * L, P * R * L * c, 8, fno._work_per_sample(
+        *X.shape[1:]), budget, "FNO", "").materialised
+    est = fno.set_params(memory_budget=budget).fit(X, y)
+    assert est.solver_ == "fista" and not est.memory_plan_.endswith("materialised")
+    est = fno.set_params(solver="factored").fit(X, y)
+    assert est.solver_ == "factored" and "in chunks" in est.memory_plan_
 
 
 @pytest.mark.parametrize("cls", HEADS)

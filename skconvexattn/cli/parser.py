@@ -121,7 +121,12 @@ def _number(convert, ok, what):
 
 _positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive number")
 _non_negative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
-_ratio = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+_ratio_number = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1] or 'auto'")
+
+
+def _ratio(text):
+    """``--alpha-ratio``: a number in (0, 1] or ``auto`` (held-out choice)."""
+    return "auto" if text.strip().lower() == "auto" else _ratio_number(text)
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 
 
@@ -239,8 +244,9 @@ def _fit_parser(sub, heads):
         p, _alpha,
         "absolute regularisation strength (> 0), or 'auto' to choose it by "
         "cross-validation (the head's *CV estimator); default: --alpha-ratio",
-        "regularisation relative to the data's alpha_max_, in (0, 1] (default: the "
-        f"heads' alpha_ratio, {DEFAULT_ALPHA_RATIO:g})",
+        "regularisation relative to the data's alpha_max_, in (0, 1], or 'auto' to "
+        "choose it on a held-out 20%% of the data (default: the heads' alpha_ratio, "
+        f"{DEFAULT_ALPHA_RATIO})",
     )
     p.add_argument("-o", "--output", default="model.skops", metavar="MODEL",
                    help="path of the saved model (default model.skops; .joblib or .pkl "
@@ -317,7 +323,8 @@ def _demo_parser(sub):
     _regularisation(
         p, _positive_float,
         "absolute regularisation (default: --alpha-ratio)",
-        f"regularisation relative to alpha_max_ (default {DEFAULT_ALPHA_RATIO:g})",
+        f"regularisation relative to alpha_max_, in (0, 1] or 'auto' (default "
+        f"{DEFAULT_ALPHA_RATIO})",
     )
     p.add_argument("--n-gates", type=_positive_int, default=4,
                    help="gates of the gated heads (default 4)")

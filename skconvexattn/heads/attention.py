@@ -163,7 +163,6 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
         :func:`~skconvexattn._gates.prototype_gates`. With latent token clusters each such
         gate is close to one cluster's indicator: attention stays inside clusters and
         ``transform`` recovers them (``docs/clusters.rst``).
-    %(solver)s
     %(fit_params)s
 
     Attributes
@@ -212,7 +211,6 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
     _parameter_constraints: dict = {
         **BaseConvexHead._parameter_constraints,
         "gate_init": [StrOptions({"random", "prototypes"})],
-        "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
     _degree = 3  # the lifted features X_i^T D X_i x X_i are cubic in X
@@ -221,7 +219,7 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
         "or n_gates"
     )
 
-    _own_params = {"gate_init": "random", "solver": "auto"}
+    _own_params = {"gate_init": "random"}
 
     def _block_shape(self, s, d):
         return (self._n_convex_blocks(), d * d, d)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import numpy as np
 
 from sklearn.utils import Bunch
-from sklearn.utils._param_validation import StrOptions
 
 from .._backend import get_namespace
 from .._base import BaseConvexHead
@@ -201,7 +200,6 @@ class ConvexMixerClassifier(BaseConvexHead):
         gates ``1{H_p Xtilde_i >= 0}`` on the (standardised) token-mixed features, one block
         each.
     %(n_gates)s
-    %(solver)s
     %(fit_params)s
 
     Attributes
@@ -259,7 +257,6 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     _parameter_constraints: dict = {
         **BaseConvexHead._parameter_constraints,
-        "solver": [StrOptions({"auto", "fista", "factored"})],
     }
 
     _reduce_hint = (
@@ -267,7 +264,7 @@ class ConvexMixerClassifier(BaseConvexHead):
         "patches or pool tokens), n_features (TokenPCA before the head) or n_gates"
     )
 
-    _own_params = {"solver": "auto"}
+    _own_params = {}
 
     def _block_shape(self, s, d):
         return (self._n_convex_blocks(), s * s, d)
