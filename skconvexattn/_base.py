@@ -33,6 +33,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._backend import get_namespace, resolve_device, to_numpy
+from ._dask import is_dask_array
 from ._datafits import get_datafit
 from ._factored import balanced_heads, block_spectra, factored_solve
 from ._factored_ops import chunk_rows_for
@@ -91,6 +92,34 @@ def _normalised_weights(sw):
         raise ValueError("sample_weight must be finite; got an infinite weight.")
     scaled = sw / top if top > 0 else sw
     return scaled / scaled.sum()
+
+
+def _classes_and_weights(est, y, sample_weight, X2):
+    """Classes, encoded labels and the sample weights times ``class_weight`` of a fit,
+    with the checks on ``y`` and the weights (``X2``: anything with ``n_samples`` rows;
+    the Dask path passes a placeholder)."""
+    check_classification_targets(y)
+    classes, y_enc = np.unique(y, return_inverse=True)
+    if classes.shape[0] < 2:
+        raise ValueError(
+            f"y has only one class ({_plain(classes[0])!r}); a classifier needs samples "
+            "of at least 2 classes."
+        )
+    sw = _check_sample_weight(sample_weight, X2, ensure_non_negative=True)
+    sw = _checked_class_weight(est.class_weight, y, sw, classes)
+    class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
+    if np.count_nonzero(class_totals > 0) < 2:
+        raise ValueError(
+            "sample_weight leaves only one class with positive total weight; a "
+            "classifier needs at least 2 classes with positive weight."
+        )
+    if np.any(class_totals <= 0):
+        empty = [_plain(v) for v in classes[class_totals <= 0]]
+        raise ValueError(
+            f"class(es) {empty} have zero total sample_weight; drop those samples "
+            "or give them positive weight."
+        )
+    return classes, y_enc, sw
 
 
 #: parameters that change how a fit is solved, not its gates
@@ -202,34 +231,21 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Nothing is stored on ``self`` except what validation sets at ``reset``
         (``n_features_in_``, ``token_shape_``); the gates a cold fit would draw are in
         ``setup.gates``. :meth:`fit` and :meth:`compute_alpha_max` share it.
+        A Dask ``X`` takes :func:`~skconvexattn._dask.dask_setup` (chunked operators).
         """
+        if is_dask_array(X):
+            from ._dask import dask_setup
+
+            return dask_setup(self, X, y, sample_weight, reset=reset)
         X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
         # extreme scales (float32 X * 1e13 for self-attention): solve the same program on
         # X * 2**scale_exp, exactly (powers of two), with alpha scaled to match
         scale_exp = self._scale_exponent(X3)
         if scale_exp:
             X3 = np.ldexp(X3, scale_exp).astype(X3.dtype, copy=False)
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"y has only one class ({_plain(classes[0])!r}); a classifier needs samples "
-                "of at least 2 classes."
-            )
-        sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
-        sw = _checked_class_weight(self.class_weight, y, sw, classes)
-        class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
-        if np.count_nonzero(class_totals > 0) < 2:
-            raise ValueError(
-                "sample_weight leaves only one class with positive total weight; a "
-                "classifier needs at least 2 classes with positive weight."
-            )
-        if np.any(class_totals <= 0):
-            empty = [_plain(v) for v in classes[class_totals <= 0]]
-            raise ValueError(
-                f"class(es) {empty} have zero total sample_weight; drop those samples "
-                "or give them positive weight."
-            )
+        classes, y_enc, sw = _classes_and_weights(
+            self, y, sample_weight, X3.reshape(X3.shape[0], -1)
+        )
         n, s, d = X3.shape
         self._check_head_params(s, d)
         backend = resolve_device(self.device)
@@ -692,6 +708,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         scores : ndarray of shape (n_samples, n_classes) or (n_samples,)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "decision_function", X)
         O = self._logits(check_tokens(self, X, reset=False))
         if O.shape[1] == 2:
             return O[:, 1] - O[:, 0]
@@ -710,6 +730,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict", X)
         O = self._logits(check_tokens(self, X, reset=False))
         return self.classes_[np.argmax(O, axis=1)]
 
@@ -727,6 +751,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict_proba", X)
         O = self._logits(check_tokens(self, X, reset=False))
         dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
         O = O.astype(np.float64)
@@ -742,6 +770,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
+        if is_dask_array(X):
+            check_is_fitted(self)
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict_log_proba", X)
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
@@ -761,6 +794,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             ``-1`` for padding tokens (token rows entirely NaN, see ``docs/padding.rst``).
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "transform", X)
         X3 = self._scaled(check_tokens(self, X, reset=False))
         return np.asarray(self._token_clusters(X3), dtype=np.int64)
 
