@@ -273,7 +273,7 @@ def current_client():
 
 
 def _sum_parts(*parts):
-    """Sum partial results chunk by chunk: tuples are summed elementwise."""
+    """Sum partial results: tuples are summed elementwise."""
     total = parts[0]
     for p in parts[1:]:
         if isinstance(total, tuple):
@@ -283,30 +283,28 @@ def _sum_parts(*parts):
     return total
 
 
-def _call(func, state, *args):
-    return func(state, *args)
-
-
 class _DistributedRunner:
-    """Chunk states held on the workers of a ``distributed.Client`` (as futures)."""
+    """Chunks persisted on the workers of a ``distributed.Client``; the chunk states of
+    one worker are one object there (one task per worker and product)."""
+
+    name = "distributed"
 
     def __init__(self, client):
         self.client = client
-        self.name = "distributed"
 
     def chunks(self, X3):
-        """Persist ``X3`` and return one future per chunk (in order)."""
+        """Persist ``X3``: one future per chunk, in order."""
         from distributed import futures_of
 
         Xp = self.client.persist(X3)
         by_key = {f.key: f for f in futures_of(Xp)}
-        return [by_key[k] for k in (key for key in _block_keys(Xp))]
+        return [by_key[k] for k in _block_keys(Xp)]
 
-    def map(self, func, handles, *per_chunk, shared=()):
-        """``func(handle_i, *per_chunk_i, *shared)`` for every chunk: futures."""
+    def map(self, func, handles, *per_item, shared=()):
+        """``func(handle_i, *per_item_i, *shared)`` for every handle: futures."""
         shared = tuple(self._share(a) for a in shared)
         return [
-            self.client.submit(func, h, *(p[i] for p in per_chunk), *shared, pure=False)
+            self.client.submit(func, h, *(p[i] for p in per_item), *shared, pure=False)
             for i, h in enumerate(handles)
         ]
 
@@ -316,50 +314,89 @@ class _DistributedRunner:
         return a
 
     def gather(self, futures):
-        return self.client.gather(futures)
-
-    def hold(self, futures):
-        """Objects that stay where they were computed: the futures themselves."""
-        return futures
+        out = self.client.gather(futures)
+        self._trim()
+        return out
 
     def reduce(self, futures):
-        """Sum of the results, by a tree of reduction tasks on the workers."""
-        while len(futures) > 1:
+        """Sum of the results: gathered when few, else by a tree of tasks on the workers."""
+        while len(futures) > FAN_IN:
             futures = [
                 self.client.submit(_sum_parts, *futures[i : i + FAN_IN], pure=False)
                 for i in range(0, len(futures), FAN_IN)
             ]
-        return futures[0].result()
+        return _sum_parts(*self.gather(futures))
+
+    def _trim(self):
+        """Empty the client's log of recent messages to the scheduler.
+
+        ``distributed`` keeps the last ``distributed.admin.low-level-log-length`` (1000)
+        messages below 1 MB for debugging, and every product sends its weights and rows
+        (``n x c``) in such messages: over a fit the log would hold hundreds of passes'
+        worth on the client. Clearing it keeps the client at about one pass.
+        """
+        log = getattr(getattr(self.client, "scheduler_comm", None), "recent_message_log", None)
+        if log is not None and hasattr(log, "clear"):
+            log.clear()
+
+    def groups(self, handles):
+        """The chunks of every worker holding some (chunk indices, in order)."""
+        who = self.client.who_has(handles)
+        by_worker = {}
+        for i, h in enumerate(handles):
+            where = sorted(who.get(h.key, ())) or [None]
+            by_worker.setdefault(where[0], []).append(i)
+        return list(by_worker.items())
+
+    def build(self, builder, handles, groups, per_chunk):
+        """One :class:`ChunkGroup` per worker, built where its chunks are."""
+        out = []
+        for worker, idx in groups:
+            args = [[p[i] for i in idx] for p in per_chunk]
+            out.append(self.client.submit(
+                _build_group, builder, [handles[i] for i in idx], *args, pure=False,
+                workers=None if worker is None else [worker], allow_other_workers=True,
+            ))
+        return out
 
 
 class _LocalRunner:
-    """Chunk states in this process (Dask's local schedulers); tasks on a thread pool."""
+    """Chunks in this process (Dask's local schedulers); one task per thread group."""
 
     name = "local"
 
     def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+        self.n_threads = max(1, min(8, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(max_workers=self.n_threads)
 
     def chunks(self, X3):
         import dask
 
         return list(dask.compute(*_block_list(X3)))
 
-    def map(self, func, handles, *per_chunk, shared=()):
+    def map(self, func, handles, *per_item, shared=()):
         return [
-            self.pool.submit(func, h, *(p[i] for p in per_chunk), *shared)
+            self.pool.submit(func, h, *(p[i] for p in per_item), *shared)
             for i, h in enumerate(handles)
         ]
 
     def gather(self, futures):
         return [f.result() for f in futures]
 
-    def hold(self, futures):
-        """Objects that stay where they were computed: here, in this process."""
-        return self.gather(futures)
-
     def reduce(self, futures):
         return _sum_parts(*self.gather(futures))
+
+    def groups(self, handles):
+        k = min(self.n_threads, len(handles))
+        return [(None, list(idx)) for idx in np.array_split(np.arange(len(handles)), k)]
+
+    def build(self, builder, handles, groups, per_chunk):
+        futures = [
+            self.pool.submit(_build_group, builder, [handles[i] for i in idx],
+                             *[[p[i] for i in idx] for p in per_chunk])
+            for _, idx in groups
+        ]
+        return self.gather(futures)
 
 
 def _block_list(X3):
@@ -381,39 +418,84 @@ def get_runner():
 # ----------------------------------------------------------------------------- chunk states
 class ChunkState:
     """What one chunk keeps next to its data: the chunk operator, its one-hot targets
-    ``Y`` and weights ``w`` (in the chunk's namespace and dtype), and the device name."""
+    ``Y`` and weights ``w`` (in the chunk's namespace and dtype), and the device name.
+    ``nbytes`` counts what it holds beyond the chunk itself (the features, copies)."""
 
-    def __init__(self, op, Y, w, xp, device, nbytes):
+    def __init__(self, op, Y, w, xp, device, nbytes, plan):
         self.op, self.Y, self.w, self.xp, self.device = op, Y, w, xp, device
+        self.m = int(Y.shape[0])
         self.nbytes = int(nbytes)
+        self.plan = plan
 
     def put(self, a):
         """A NumPy array from the client in the chunk's namespace and dtype."""
         return self.xp.asarray(np.ascontiguousarray(a), dtype=self.Y.dtype)
 
 
+class ChunkGroup:
+    """The chunk states one worker (or thread) holds: every product is one task per
+    group, which runs over its chunks and returns one combined result."""
+
+    def __init__(self, states):
+        self.states = list(states)
+        self.nbytes = sum(st.nbytes for st in self.states)
+
+    def apply(self, func, rows, shared, combine):
+        """``func(state, *rows_of_state, *shared)`` over the chunks, then ``combine``:
+        ``"concat"`` (row results), ``"sum"`` or ``"pair"`` (sums, rows)."""
+        out, start = [], 0
+        for st in self.states:
+            out.append(func(st, *(r[start : start + st.m] for r in rows), *shared))
+            start += st.m
+        if combine == "concat":
+            return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
+        if combine == "sum":
+            return _sum_parts(*out)
+        if combine == "list":
+            return [x for o in out for x in o]
+        sums = _sum_parts(*[o[0] for o in out])
+        return sums, np.concatenate([o[1] for o in out], axis=0)
+
+
+def _build_group(builder, chunks, *per_chunk):
+    return ChunkGroup(builder(x, *args) for x, *args in zip(chunks, *per_chunk))
+
+
+def _group_apply(group, func, rows, shared, combine):
+    return group.apply(func, rows, shared, combine)
+
+
 def _register_sizeof():
-    """Dask's memory manager sees a chunk state's real size (its operator's arrays)."""
+    """Dask's memory manager sees what a chunk group holds beyond its chunks."""
     try:
         from dask.sizeof import sizeof
     except ImportError:  # pragma: no cover - dask absent
         return
     sizeof.register(ChunkState)(lambda st: st.nbytes)
+    sizeof.register(ChunkGroup)(lambda g: g.nbytes)
 
 
 _register_sizeof()
 
 
-def _nbytes(*objs):
-    """Bytes of the arrays an operator holds (its ``__dict__`` one level deep)."""
+def _nbytes(chunk, *objs):
+    """Bytes of the arrays the operator and targets hold (their ``__dict__`` one level
+    deep) beyond the input ``chunk``, which Dask already counts as the persisted chunk:
+    the lifted features, scaled or zero-padded copies, gate data."""
     total = 0
     seen = set()
     for o in objs:
         items = vars(o).values() if hasattr(o, "__dict__") else [o]
         for v in items:
-            if hasattr(v, "nbytes") and id(v) not in seen:
-                seen.add(id(v))
-                total += int(v.nbytes)
+            if not hasattr(v, "nbytes") or id(v) in seen:
+                continue
+            seen.add(id(v))
+            if isinstance(v, np.ndarray) and isinstance(chunk, np.ndarray):
+                if np.shares_memory(v, chunk):
+                    continue
+            elif v is chunk:
+                continue
+            total += int(v.nbytes)
     return total
 
 
@@ -433,8 +515,8 @@ class _Builder:
         est = self.est
         X = _scaled_chunk(X, self.scale_exp)
         backend = _chunk_backend(X, est.device)
-        dtype = np.dtype(X.dtype) if isinstance(X, np.ndarray) else np.dtype(str(X.dtype).split(".")[-1])
-        Xd = X if not isinstance(X, np.ndarray) or backend.name == "cpu" else backend.asarray(X)
+        dtype = np.dtype(str(X.dtype))
+        Xd = backend.asarray(X) if isinstance(X, np.ndarray) and backend.name != "cpu" else X
         xp = backend.xp
         m, s, d = (int(v) for v in X.shape)
         c = self.n_outputs
@@ -458,17 +540,15 @@ class _Builder:
             plan = getattr(op, "plan_name", None) or (
                 "materialised" if plan.materialised else f"chunks of {plan.chunk_rows}"
             )
-        st = ChunkState(op, Yd, wd, xp, backend.name, _nbytes(op, Yd, wd))
-        st.plan = plan
-        return st
+        return ChunkState(op, Yd, wd, xp, backend.name, _nbytes(X, op, Yd, wd), plan)
 
 
 def _scaled_chunk(X, e):
     if not e:
         return X
-    xp = get_namespace(X)
     if isinstance(X, np.ndarray):
         return np.ldexp(X, e).astype(X.dtype, copy=False)
+    xp = get_namespace(X)
     return xp.astype(X * xp.asarray(2.0**e, dtype=X.dtype), X.dtype)
 
 
@@ -482,9 +562,9 @@ def _chunk_backend(X, device):
     return resolve_device(device)
 
 
-# worker-side products (module level: pickled by reference) -----------------------------
+# chunk-level products (module level: pickled by reference) -----------------------------
 def _st_plan(st):
-    return (st.plan, st.device, st.op.n_samples if hasattr(st.op, "n_samples") else None)
+    return [(st.plan, st.device)]
 
 
 def _st_forward(st, Z):
@@ -497,8 +577,7 @@ def _st_adjoint(st, U):
 
 def _st_weighted_mean(st):
     """This chunk's part of the weighted mean of the features, ``sum_i w_i Phi_i``."""
-    xp = st.xp
-    return to_numpy(xp.reshape(st.op.adjoint(st.w[:, None]), (-1,)))
+    return to_numpy(st.xp.reshape(st.op.adjoint(st.w[:, None]), (-1,)))
 
 
 def _st_factor_forward(st, A, B):
@@ -524,69 +603,100 @@ def _st_value_and_grads(st, A, B, intercept, datafit):
     return (f, to_numpy(gA), to_numpy(gB), to_numpy(gb)), to_numpy(O)
 
 
-def _first(pair):
-    return pair[0]
-
-
-def _second(pair):
-    return pair[1]
-
-
 # ----------------------------------------------------------------------------- operators
 class _DaskOperatorBase:
-    """Chunk states on a runner, and the bookkeeping shared by both operators."""
+    """Chunk groups on a runner, and the bookkeeping shared by both operators.
 
-    def __init__(self, runner, states, bounds, dtype):
+    ``groups`` lists, per group, the indices of its chunks; ``bounds`` the sample range
+    of every chunk. Row arguments (``U``, ``T``) are cut into the rows of every group and
+    row results (logits) put back in sample order.
+    """
+
+    def __init__(self, runner, handles, groups, bounds, dtype):
         self.runner = runner
-        self.states = states
+        self.handles = handles
         self.bounds = bounds
         self.n_samples = bounds[-1][1]
         self.dtype = np.dtype(dtype)
         self.xp = np_compat
         self.n_passes = 0  # products run (each is one pass over the chunks)
+        self.n_chunks = len(bounds)
+        self.n_groups = len(groups)
+        self._rows_of = []
+        for idx in groups:
+            parts = [np.arange(*bounds[i]) for i in idx]
+            self._rows_of.append(np.concatenate(parts))
+        self._identity = all(
+            np.array_equal(r, np.arange(r[0], r[0] + r.size)) for r in self._rows_of
+        ) and [r[0] for r in self._rows_of] == sorted(r[0] for r in self._rows_of)
 
-    def _rows(self, U):
-        """``U`` cut into the row blocks of the chunks."""
-        return [np.ascontiguousarray(U[a:b]) for a, b in self.bounds]
+    def _run(self, func, combine, rows=(), shared=()):
+        """One product: ``func`` on every chunk, one task per group (futures)."""
+        rows = [[np.ascontiguousarray(np.asarray(r)[idx]) for idx in self._rows_of] for r in rows]
+        self.n_passes += 1
+        return self._submit(func, combine, rows, shared)
 
-    def _concat(self, parts):
-        return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    def _submit(self, func, combine, rows, shared):
+        per_group = [tuple(r[g] for r in rows) for g in range(self.n_groups)]
+        runner = self.runner
+        shared = tuple(runner._share(a) for a in shared) if hasattr(runner, "_share") else shared
+        if isinstance(runner, _DistributedRunner):
+            return [
+                runner.client.submit(_group_apply, h, func, per_group[g], shared, combine,
+                                     pure=False)
+                for g, h in enumerate(self.handles)
+            ]
+        return [
+            runner.pool.submit(_group_apply, h, func, per_group[g], shared, combine)
+            for g, h in enumerate(self.handles)
+        ]
+
+    def _place(self, parts):
+        """Row results of the groups, in sample order."""
+        if self._identity and len(parts) == 1:
+            return parts[0]
+        out = np.empty((self.n_samples,) + parts[0].shape[1:], dtype=parts[0].dtype)
+        for idx, part in zip(self._rows_of, parts):
+            out[idx] = part
+        return out
 
     def describe(self):
-        plans = self.runner.gather(self.runner.map(_st_plan, self.states))
+        plans = [p for g in self.runner.gather(self._run(_st_plan, "list")) for p in g]
+        self.n_passes -= 1
         kinds = sorted({p[0] for p in plans})
         sizes = [b - a for a, b in self.bounds]
         return (
-            f"dask ({self.runner.name}): {len(sizes)} chunks of <= {max(sizes)} samples, "
-            f"per chunk {', '.join(kinds)}"
+            f"dask ({self.runner.name}): {len(sizes)} chunks of <= {max(sizes)} samples on "
+            f"{self.n_groups} {'workers' if self.runner.name == 'distributed' else 'threads'}"
+            f", per chunk {', '.join(kinds)}"
         ), plans[0][1]
 
 
 class DaskLiftedOperator(_DaskOperatorBase):
     """The lifted operator of a Dask ``X``: the interface of
     :class:`~skconvexattn._operator.LiftedOperator` (``forward``, ``adjoint``,
-    ``intercept_shift``, ``block_shape``), each product one pass over the chunks.
+    ``intercept_shift``, ``block_shape``), each product one pass over the chunks: one
+    task per worker, which loops over its chunks.
 
-    ``forward(Z)`` runs one task per chunk and gathers the ``(m, c)`` logits;
-    ``adjoint(U)`` sends each chunk its rows of ``U`` and sums the ``(P, R, L c)`` parts
-    by a tree reduction. Centring (an intercept, see ``LiftedOperator``) is applied here,
-    with the weighted mean of the features from one reduction at setup.
+    ``forward(Z)`` gathers the ``(m, c)`` logits of every worker; ``adjoint(U)`` sends
+    each worker its rows of ``U`` and sums the ``(P, R, L c)`` parts (on the client for a
+    few workers, by a tree of tasks for many). Centring (an intercept, see
+    ``LiftedOperator``) is applied here, with the weighted mean of the features from one
+    reduction at setup.
     """
 
-    def __init__(self, runner, states, bounds, dtype, block_shape, center):
-        super().__init__(runner, states, bounds, dtype)
+    def __init__(self, runner, handles, groups, bounds, dtype, block_shape, center):
+        super().__init__(runner, handles, groups, bounds, dtype)
         self.block_shape = tuple(int(v) for v in block_shape)
         self.n_lifted = math.prod(self.block_shape)
         self.mean = None
         if center:
-            self.mean = runner.reduce(runner.map(_st_weighted_mean, states)).astype(self.dtype)
-            self.n_passes += 1
+            self.mean = runner.reduce(self._run(_st_weighted_mean, "sum")).astype(self.dtype)
 
     def forward(self, Z):
         """Logits without intercept, ``(n, c)``."""
         Z = np.asarray(Z)
-        self.n_passes += 1
-        O = self._concat(self.runner.gather(self.runner.map(_st_forward, self.states, shared=(Z,))))
+        O = self._place(self.runner.gather(self._run(_st_forward, "concat", shared=(Z,))))
         if self.mean is not None:
             c = Z.shape[-1] // self.block_shape[2]
             O = O - (self.mean @ Z.reshape(self.n_lifted, c))[None, :]
@@ -595,8 +705,7 @@ class DaskLiftedOperator(_DaskOperatorBase):
     def adjoint(self, U):
         """``sum_i Phi_i (x) U_i`` as blocks ``(P, R, L c)``."""
         U = np.asarray(U)
-        self.n_passes += 1
-        G = self.runner.reduce(self.runner.map(_st_adjoint, self.states, self._rows(U)))
+        G = self.runner.reduce(self._run(_st_adjoint, "sum", rows=(U,)))
         if self.mean is not None:
             P, R, L = self.block_shape
             G = G - (self.mean[:, None] * U.sum(axis=0)[None, :]).reshape(P, R, L * U.shape[1])
@@ -613,53 +722,34 @@ class DaskFactorOperator(_DaskOperatorBase):
     """The factor operator of a Dask ``X``: the interface of the operators of
     :mod:`~skconvexattn._factored_ops` (``forward``, ``grad_a``, ``grad_b``,
     ``value_and_grads``, ``P``, ``a_shape``, ``d``). ``value_and_grads`` is one fused pass:
-    each chunk returns its loss sum, its two gradient parts and its logits."""
+    each worker returns its loss sum, its two gradient parts and its logits."""
 
-    def __init__(self, runner, states, bounds, dtype, P, a_shape, s, d):
-        super().__init__(runner, states, bounds, dtype)
+    def __init__(self, runner, handles, groups, bounds, dtype, P, a_shape, s, d):
+        super().__init__(runner, handles, groups, bounds, dtype)
         self.P, self.a_shape, self.s, self.d = int(P), tuple(a_shape), int(s), int(d)
         self.chunk_rows = None  # set by dask_setup (for memory_plan_)
 
     def forward(self, A, B):
-        self.n_passes += 1
         parts = self.runner.gather(
-            self.runner.map(_st_factor_forward, self.states, shared=(np.asarray(A), np.asarray(B)))
+            self._run(_st_factor_forward, "concat", shared=(np.asarray(A), np.asarray(B)))
         )
-        return self._concat(parts)
+        return self._place(parts)
 
     def grad_a(self, T, B):
-        self.n_passes += 1
-        T = np.asarray(T)
-        return self.runner.reduce(
-            self.runner.map(_st_grad_a, self.states, self._rows(T), shared=(np.asarray(B),))
-        )
+        return self.runner.reduce(self._run(_st_grad_a, "sum", rows=(T,), shared=(np.asarray(B),)))
 
     def grad_b(self, T, A):
-        self.n_passes += 1
-        T = np.asarray(T)
-        return self.runner.reduce(
-            self.runner.map(_st_grad_b, self.states, self._rows(T), shared=(np.asarray(A),))
-        )
+        return self.runner.reduce(self._run(_st_grad_b, "sum", rows=(T,), shared=(np.asarray(A),)))
 
     def value_and_grads(self, A, B, intercept, datafit, Y, w):
         """Datafit value, gradients in ``A``, ``B``, the intercept, and the logits (``Y``
         and ``w`` are those of the client; the chunks hold their own rows)."""
-        self.n_passes += 1
-        runner = self.runner
-        futures = runner.map(
-            _st_value_and_grads, self.states,
+        pairs = self.runner.gather(self._run(
+            _st_value_and_grads, "pair",
             shared=(np.asarray(A), np.asarray(B), np.asarray(intercept), datafit),
-        )
-        if isinstance(runner, _DistributedRunner):
-            client = runner.client
-            sums = runner.reduce([client.submit(_first, f, pure=False) for f in futures])
-            rows = client.gather([client.submit(_second, f, pure=False) for f in futures])
-        else:
-            pairs = runner.gather(futures)
-            sums = _sum_parts(*[p[0] for p in pairs])
-            rows = [p[1] for p in pairs]
-        f, gA, gB, gb = sums
-        return np.float64(f), gA, gB, gb, self._concat(rows)
+        ))
+        f, gA, gB, gb = _sum_parts(*[p[0] for p in pairs])
+        return np.float64(f), gA, gB, gb, self._place([p[1] for p in pairs])
 
 
 # ----------------------------------------------------------------------------- setup
@@ -773,15 +863,17 @@ def dask_setup(est, X, y, sample_weight, *, reset):
         clone(est).set_params(warm_start=False), gates, "factored" if factored else "fista",
         (P, R, L), c, est.memory_budget, scale_exp,
     )
-    states = runner.hold(runner.map(builder, handles, [y_enc[a:b] for a, b in bounds], w_rows))
-    del handles  # the chunk states hold the chunks from here on
+    groups = runner.groups(handles)
+    group_handles = runner.build(builder, handles, groups, [[y_enc[a:b] for a, b in bounds], w_rows])
+    groups = [idx for _, idx in groups]
     Y = np.zeros((n, c), dtype=dtype)
     Y[np.arange(n), y_enc] = 1.0
     wd = w.astype(dtype)
     datafit = get_datafit(est.loss)
     if factored:
-        op = DaskFactorOperator(runner, states, bounds, dtype, est._n_blocks(),
+        op = DaskFactorOperator(runner, group_handles, groups, bounds, dtype, est._n_blocks(),
                                 est._factor_a_shape(s, d), s, d)
+        op.chunks = handles  # the persisted chunks stay (counted once by Dask)
         _, device = op.describe()
         op.chunk_rows = f"<= {m_max} samples per product, on each of {len(bounds)} Dask chunks"
         prior, b0 = prior_and_start(datafit, Y, wd, est.fit_intercept)
@@ -789,7 +881,9 @@ def dask_setup(est, X, y, sample_weight, *, reset):
         amax = float(block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0].max())
         grad_at_zero = None
     else:
-        op = DaskLiftedOperator(runner, states, bounds, dtype, (P, R, L), est.fit_intercept)
+        op = DaskLiftedOperator(runner, group_handles, groups, bounds, dtype, (P, R, L),
+                                est.fit_intercept)
+        op.chunks = handles  # the persisted chunks stay (counted once by Dask)
         op.plan_name, device = op.describe()
         amax, grad_at_zero = alpha_max(op, datafit, Y, wd, est.fit_intercept)
         amax = float(amax)
@@ -843,3 +937,151 @@ def _output_dtype(est, method, dtype):
     if method == "transform":
         return np.dtype(np.int64)
     return np.dtype(dtype)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def _token_sums(X, w, offset, mu=None):
+    """Per chunk, over its real tokens (float64): the validation report, the token
+    count (or weight), the weighted feature sums and the Gram matrix ``T^T diag(w) T``;
+    with ``mu`` only the weighted squared deviations from it."""
+    X = np.asarray(X)
+    T = X.reshape(-1, X.shape[2])
+    tw = None if w is None else np.repeat(np.asarray(w, dtype=np.float64), X.shape[1])
+    real = ~np.isnan(T[:, 0])
+    if not real.all():
+        T = T[real]
+        tw = None if tw is None else tw[real]
+    T = T.astype(np.float64)
+    if mu is not None:
+        D = (T - mu) ** 2
+        return D.sum(axis=0) if tw is None else tw @ D
+    rep = _value_report(X, offset)
+    count = float(T.shape[0]) if tw is None else float(tw.sum())
+    s1 = T.sum(axis=0) if tw is None else tw @ T
+    gram = T.T @ T
+    return rep, int(T.shape[0]), count, s1, gram
+
+
+def _reduce_tokens(X3, w=None, mu=None):
+    """The sums of :func:`_token_sums` over every chunk (one Dask computation, on the
+    current scheduler; the chunks are computed where they are)."""
+    import dask
+
+    bounds = _chunk_bounds(X3)
+    parts = [
+        dask.delayed(_token_sums)(b, None if w is None else w[lo:hi], lo, mu)
+        for b, (lo, hi) in zip(X3.to_delayed().ravel(), bounds)
+    ]
+    return dask.compute(*parts)
+
+
+def fit_token_scaler(est, X, sample_weight):
+    """:meth:`~skconvexattn.preprocessing.TokenStandardScaler.fit` on a Dask ``X``:
+    the statistics of :class:`~sklearn.preprocessing.StandardScaler` over the real
+    tokens by two reductions over chunks (sums, then squared deviations), in float64."""
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing._data import _handle_zeros_in_scale, _is_constant_feature
+    from sklearn.utils.validation import _check_sample_weight
+
+    X3 = check_dask_tokens(est, X, reset=True, n_tokens=est.n_tokens)
+    n, s, d = (int(v) for v in X3.shape)
+    sw = small_array(sample_weight, "sample_weight", n)
+    if sw is not None:
+        sw = _check_sample_weight(sw, np.empty((n, 0)), dtype=X3.dtype).astype(np.float64)
+    parts = _reduce_tokens(X3, sw)
+    _merge_reports([p[0] for p in parts], d)
+    n_real = sum(p[1] for p in parts)
+    total = sum(p[2] for p in parts)
+    mean = sum(p[3] for p in parts) / total
+    scaler = StandardScaler(copy=True, with_mean=est.with_mean, with_std=est.with_std)
+    scaler.set_output(transform="default")
+    if not est.with_mean and not est.with_std:
+        mean_, var_, scale_ = None, None, None
+    else:
+        mean_ = mean
+        var_ = None
+        if est.with_std:
+            var_ = sum(_reduce_tokens(X3, sw, mean)) / total
+    # as StandardScaler: the weight total, or the count when unweighted or when neither
+    # mean nor scale is fitted
+    plain = sw is None or (not est.with_mean and not est.with_std)
+    seen = np.int64(n_real) if plain else np.float64(total)
+    if est.with_std:
+        constant = _is_constant_feature(var_, mean_, seen)
+        scale_ = _handle_zeros_in_scale(np.sqrt(var_), copy=False, constant_mask=constant)
+    else:
+        scale_ = None
+    scaler.mean_, scaler.var_, scaler.scale_ = mean_, var_, scale_
+    scaler.n_samples_seen_ = seen
+    scaler.n_features_in_ = d
+    est.scaler_ = scaler
+    est.mean_, est.var_, est.scale_ = mean_, var_, scale_
+    est.n_tokens_seen_ = seen
+    return est
+
+
+def fit_token_pca(est, X):
+    """:meth:`~skconvexattn.preprocessing.TokenPCA.fit` on a Dask ``X``: the mean and
+    covariance of the real tokens by one reduction over chunks, then the
+    ``"covariance_eigh"`` solution of :class:`~sklearn.decomposition.PCA` (exact, with its
+    sign convention), whatever ``svd_solver`` says."""
+    from sklearn.decomposition import PCA
+    from sklearn.utils.extmath import svd_flip
+
+    X3 = check_dask_tokens(est, X, reset=True, n_tokens=est.n_tokens)
+    n, s, d = (int(v) for v in X3.shape)
+    parts = _reduce_tokens(X3)
+    _merge_reports([p[0] for p in parts], d)
+    N = sum(p[1] for p in parts)
+    est._check_components(n, s, d, N)
+    mean = sum(p[3] for p in parts) / N
+    C = sum(p[4] for p in parts) - N * np.outer(mean, mean)
+    C /= max(N - 1, 1)
+    evals, evecs = np.linalg.eigh(C)
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    evals[evals < 0.0] = 0.0
+    _, Vt = svd_flip(None, np.ascontiguousarray(evecs.T), u_based_decision=False)
+    total_var = evals.sum()
+    ratio = evals / total_var
+    k = est.n_components
+    if k is None:
+        k = min(N, d)
+    elif 0 < k < 1 and not isinstance(k, (int, np.integer)):
+        k = int(np.searchsorted(np.cumsum(ratio), k, side="right") + 1)
+    k = int(k)
+    dtype = X3.dtype
+    pca = PCA(n_components=est.n_components, whiten=est.whiten, svd_solver=est.svd_solver,
+              random_state=est.random_state).set_output(transform="default")
+    pca.mean_ = mean.astype(dtype)
+    pca.components_ = np.ascontiguousarray(Vt[:k]).astype(dtype)
+    pca.explained_variance_ = evals[:k].astype(dtype)
+    pca.explained_variance_ratio_ = ratio[:k].astype(dtype)
+    pca.singular_values_ = np.sqrt(evals[:k] * (N - 1)).astype(dtype)
+    pca.noise_variance_ = float(evals[k:].mean()) if k < min(d, N) else 0.0
+    pca.n_components_ = k
+    pca.n_samples_ = N
+    pca.n_features_in_ = d
+    pca._fit_svd_solver = "covariance_eigh"
+    est.pca_ = pca
+    for name in ("components_", "explained_variance_", "explained_variance_ratio_",
+                 "singular_values_", "mean_", "n_components_", "noise_variance_"):
+        setattr(est, name, getattr(pca, name))
+    return est
+
+
+def lazy_transform(est, X, n_out):
+    """``est.transform`` of a token transformer on every chunk of the Dask ``X``: lazy,
+    with ``n_out`` features per token and the dimensionality of ``X``."""
+    from .preprocessing import _check_container_output
+
+    X3 = check_dask_tokens(est, X, reset=False)
+    _check_container_output(est, X.ndim)
+    s = est.token_shape_[0]
+    if X.ndim == 3:
+        Xin, chunks = X3, (X3.chunks[0], (s,), (n_out,))
+    else:
+        Xin, chunks = X3.reshape(X3.shape[0], -1), (X3.chunks[0], (s * n_out,))
+    return Xin.map_blocks(
+        _apply_block, est, "transform", chunks=chunks, dtype=X3.dtype,
+        meta=np.empty((0,) * len(chunks), dtype=X3.dtype),
+    )
