@@ -262,26 +262,37 @@ def cluster():
         lc.close()
 
 
+def _chunk(i):
+    """Chunk ``i`` of the cluster data set (this module is pickled by value, so the
+    workers need not import it)."""
+    return make_token_clusters(
+        n_samples=M, n_tokens=S, n_features=D, random_state=i, return_X_y=True
+    )[0]
+
+
 def _cluster_data(client):
-    """The tokens made on the workers, chunk ``i`` on worker ``i % 2`` (the client never
-    holds them), and the same data in memory for the reference fits."""
+    """The tokens made on the workers, chunk ``i`` on worker ``i % 2``, persisted (the
+    client never holds them), and the same data in memory for the reference fits."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     workers = sorted(client.scheduler_info()["workers"])
-    kw = dict(n_samples=M, n_tokens=S, n_features=D, return_X_y=True)
-    parts = [
-        client.submit(make_token_clusters, random_state=i, workers=[workers[i % 2]],
-                      pure=False, **kw)
-        for i in range(N_CHUNKS)
-    ]
-    xs = [client.submit(operator.itemgetter(0), p, workers=[workers[i % 2]], pure=False)
-          for i, p in enumerate(parts)]
-    del parts
+    xs = [client.submit(_chunk, i, workers=[workers[i % 2]], pure=False)
+          for i in range(N_CHUNKS)]
     Xd = da.concatenate([
         da.from_delayed(dask.delayed(x), shape=(M, S, D), dtype=np.float64) for x in xs
     ])
-    local = [make_token_clusters(random_state=i, **kw) for i in range(N_CHUNKS)]
+    Xd = client.persist(Xd)
+    distributed.wait(Xd)
+    del xs  # only the chunks of Xd hold the data now
+    local = [
+        make_token_clusters(n_samples=M, n_tokens=S, n_features=D, random_state=i,
+                            return_X_y=True)
+        for i in range(N_CHUNKS)
+    ]
     X = np.concatenate([p[0] for p in local])
     y = np.concatenate([p[1] for p in local])
-    return Xd, X, y, xs
+    return Xd, X, y
 
 
 class _Watch:
@@ -314,28 +325,95 @@ def _disk_writes(client):
     return sum(client.run(spilled).values())
 
 
-def test_cluster_fit_stays_distributed(cluster):
+_CLIENT_SCRIPT = r"""
+import json, sys, time, tracemalloc
+import dask, dask.array as da, distributed, numpy as np
+from skconvexattn import ConvexMLPClassifier
+from skconvexattn.datasets import make_token_clusters
+
+M, S, D, K = (int(v) for v in sys.argv[2:6])
+
+def chunk(i):
+    return make_token_clusters(n_samples=M, n_tokens=S, n_features=D, random_state=i,
+                               return_X_y=True)[0]
+
+dask.config.set({"distributed.admin.low-level-log-length": 0})
+client = distributed.Client(sys.argv[1])
+workers = sorted(client.scheduler_info()["workers"])
+xs = [client.submit(chunk, i, workers=[workers[i % 2]], pure=False) for i in range(K)]
+Xd = da.concatenate([da.from_delayed(dask.delayed(x), shape=(M, S, D), dtype=np.float64)
+                     for x in xs])
+Xd = client.persist(Xd)
+distributed.wait(Xd)
+del xs
+time.sleep(0.3)
+y = np.concatenate([make_token_clusters(n_samples=M, n_tokens=S, n_features=D,
+                                        random_state=i, return_X_y=True)[1]
+                    for i in range(K)])
+print("READY", flush=True)
+sys.stdin.readline()  # the test starts watching the workers
+kw = dict(n_gates=4, alpha_ratio=0.5, tol=1e-9, max_iter=3000, random_state=0)
+tracemalloc.start()
+b = ConvexMLPClassifier(**kw).fit(Xd, y)
+pred_b = b.predict(Xd).compute()
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+X = np.concatenate([chunk(i) for i in range(K)])  # the reference, made here
+a = ConvexMLPClassifier(**kw).fit(X, y)
+print(json.dumps(dict(
+    peak=peak, data=X.nbytes, objective=[a.objective_, b.objective_],
+    certified=[a.dual_gap_ <= a.tol * a.objective_, b.dual_gap_ <= b.tol * b.objective_],
+    same_predictions=bool(np.array_equal(pred_b, a.predict(X))),
+    plan=b.memory_plan_, n_iter=[a.n_iter_, b.n_iter_],
+)), flush=True)
+client.close()
+"""
+
+
+def test_cluster_fit_stays_distributed(cluster, tmp_path):
+    """The fit of a separate client process on data that only the two workers hold."""
+    import json
+    import os
+
     lc, client = cluster
-    Xd, X, y, _ = _cluster_data(client)
-    assert X.nbytes > LIMIT  # no worker could hold the data set
-    chunk = X.nbytes // N_CHUNKS
-    kw = dict(n_gates=4, alpha_ratio=0.5, tol=TOL, max_iter=3000, random_state=0)
-    with _Watch(lc) as watch:
-        tracemalloc.start()
-        b = ConvexMLPClassifier(**kw).fit(Xd, y)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    a = ConvexMLPClassifier(**kw).fit(X, y)
-    _assert_same_fit(a, b, X, Xd)
-    assert "8 chunks of <= 512 samples on 2 workers" in b.memory_plan_
+    chunk = M * S * D * 8
+    assert N_CHUNKS * chunk > LIMIT  # no worker could hold the data set
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT_SCRIPT)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in sys.path if p] )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), lc.scheduler_address, str(M), str(S), str(D),
+         str(N_CHUNKS)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read()
+        spilled = _disk_writes(client)  # (making the data may spill: xs and Xd alias)
+        with _Watch(lc) as watch:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    # the fit is the in-memory fit: objective, certificate, predictions
+    a_obj, b_obj = res["objective"]
+    assert abs(a_obj - b_obj) <= 1e-8 * a_obj and all(res["certified"])
+    assert res["same_predictions"]
+    assert "8 chunks of <= 512 samples on 2 workers" in res["plan"]
     # the data stayed distributed: both workers held chunks, each below its limit, and
-    # nothing was spilled
+    # nothing was spilled during the fit
     assert len(watch.peak) == 2 and min(watch.peak.values()) > 2 * chunk
     assert max(watch.peak.values()) < 0.95 * LIMIT
-    assert _disk_writes(client) == 0
-    # the client (with the in-process scheduler of the LocalCluster) never held more than
-    # a few chunks' worth: the logits and bookkeeping, never the tokens
-    assert peak < 3 * chunk, (peak, chunk)
+    assert _disk_writes(client) == spilled
+    # the client process never held more than a few chunks: logits and weights, never
+    # the tokens (its peak over the fit and the lazy predictions)
+    assert res["peak"] < 3 * chunk, (res["peak"], chunk)
 
 
 def test_cluster_factored_fit(cluster):
