@@ -21,6 +21,7 @@ SCRIPTS = {
     "bench_scaling": [],
     "bench_gpu": [],
     "bench_real_tokens": [],
+    "bench_dask": ["distributed"],
 }
 
 
