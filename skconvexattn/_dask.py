@@ -106,7 +106,7 @@ def check_dask_tokens(estimator, X, *, reset, n_tokens=None):
     (``X.compute_chunk_sizes()``). The values (NaN, infinity, padding) are checked by
     the reduction of :func:`dask_setup` before any heavy work.
     """
-    from ._validation import _check_not_empty, _check_token_shape, _explain_conversion
+    from ._validation import _check_not_empty, _check_token_shape
 
     name = type(estimator).__name__
     ndim = X.ndim
@@ -139,16 +139,20 @@ def check_dask_tokens(estimator, X, *, reset, n_tokens=None):
     _check_not_empty(X, ndim)
     dtype = np.dtype(X.dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        if dtype.kind in "biu":
-            X = X.astype(np.float64)
+        if dtype.kind in "biuf":  # converted lazily, chunk by chunk, as check_array would
+            X = X.astype(np.float64 if dtype.kind != "f" else np.float32)
+        elif dtype.kind == "c":
+            raise ValueError(
+                f"Complex data not supported: X has a complex dtype, and {name} needs real "
+                "token features. Pass real features, e.g. the real and imaginary parts as "
+                "separate features, or the magnitudes."
+            )
         else:
-            with _explain_conversion(np.empty((1,) * ndim, dtype=dtype), estimator):
-                raise ValueError(
-                    f"Complex data not supported: X has dtype {dtype}"
-                    if dtype.kind == "c"
-                    else f"X has dtype {dtype}, which is not numeric"
-                )
-            raise ValueError(f"X has dtype {dtype}; pass float token features.")
+            raise ValueError(
+                f"X must hold numbers only (float, int or bool), but the Dask array has dtype "
+                f"{dtype}. Encode non-numeric token features as numbers first or pass a "
+                "float array."
+            )
     if ndim == 3:
         n, s, d = (int(v) for v in X.shape)
         if reset and n_tokens is not None and int(n_tokens) != s:
