@@ -53,7 +53,8 @@ print(X)
 # %%
 # The fit: the same call as in memory. ``memory_plan_`` tells how the data were
 # split.
-head = ConvexSelfAttentionClassifier(n_gates=2, alpha_ratio=0.3, tol=1e-3, random_state=0, solver="fista")
+head = ConvexSelfAttentionClassifier(n_gates=2, alpha_ratio=0.3, tol=1e-3, random_state=0,
+                                     solver="fista")
 head.fit(X, y)
 print(head.memory_plan_)
 print(f"objective {head.objective_:.6f}, certified gap {head.dual_gap_:.1e}, "

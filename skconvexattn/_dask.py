@@ -868,7 +868,8 @@ def dask_setup(est, X, y, sample_weight, *, reset):
         (P, R, L), c, est.memory_budget, scale_exp,
     )
     groups = runner.groups(handles)
-    group_handles = runner.build(builder, handles, groups, [[y_enc[a:b] for a, b in bounds], w_rows])
+    y_rows = [y_enc[a:b] for a, b in bounds]
+    group_handles = runner.build(builder, handles, groups, [y_rows, w_rows])
     groups = [idx for _, idx in groups]
     Y = np.zeros((n, c), dtype=dtype)
     Y[np.arange(n), y_enc] = 1.0

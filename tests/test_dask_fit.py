@@ -8,12 +8,10 @@ path: chunks that stay on the workers, a client that holds no more than a few ch
 ``*CV`` estimator and a Pipeline.
 """
 
-import operator
 import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -77,7 +75,8 @@ def test_threaded_fit_equals_in_memory(cls, params):
         a = cls(**kw).fit(X, y)
         b = cls(**kw).fit(Xd, y)
         _assert_same_fit(a, b, X, Xd)
-        assert b.memory_plan_.startswith("factored" if params.get("solver") == "factored" else "dask")
+        factored = params.get("solver") == "factored"
+        assert b.memory_plan_.startswith("factored" if factored else "dask")
         if "factored" not in b.memory_plan_:
             assert "4 chunks" in b.memory_plan_
         # every prediction method: lazy, chunked along samples like X, equal to in memory
@@ -120,7 +119,8 @@ def test_compute_alpha_max_and_path_on_dask():
     Xd = da.from_array(X, chunks=(35, -1, -1))
     head = ConvexMLPClassifier(n_gates=3, tol=TOL, random_state=0)
     with dask.config.set(scheduler="threads"):
-        assert head.compute_alpha_max(Xd, y) == pytest.approx(head.compute_alpha_max(X, y), rel=1e-12)
+        amax = head.compute_alpha_max(X, y)
+        assert head.compute_alpha_max(Xd, y) == pytest.approx(amax, rel=1e-12)
         pa = regularization_path(head, X, y, alphas=3, eps=0.1)
         pb = regularization_path(head, Xd, y, alphas=3, eps=0.1)
     np.testing.assert_allclose(pb["objective"], pa["objective"], rtol=1e-8)
@@ -167,7 +167,8 @@ def test_bad_input_errors_like_in_memory():
         msg = _message(lambda: clone(head).fit(Xd[keep], y[::2]))
         assert "unknown chunk sizes" in msg and "X.compute_chunk_sizes()" in msg
         # y and sample_weight of the wrong length, NumPy or Dask
-        assert "y has 59 labels but X has 60 samples" in _message(lambda: clone(head).fit(Xd, y[:-1]))
+        msg = _message(lambda: clone(head).fit(Xd, y[:-1]))
+        assert "y has 59 labels but X has 60 samples" in msg
         assert "y has 59 labels" in _message(
             lambda: clone(head).fit(Xd, da.from_array(y[:-1], chunks=30))
         )
