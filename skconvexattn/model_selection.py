@@ -356,11 +356,12 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             X3, y, sw = _check_dask_cv_input(self, X, y, sample_weight)
         else:
             X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
-        n = X3.shape[0]
-        if sample_weight is not None and not is_dask_array(X):
-            sw = _check_sample_weight(sample_weight, X3.reshape(n, -1), ensure_non_negative=True)
-        elif not is_dask_array(X):
             sw = None
+            if sample_weight is not None:
+                sw = _check_sample_weight(
+                    sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True
+                )
+        n = X3.shape[0]
         template = self._make_head()
         template.set_params(n_tokens=None)  # X3 is 3-D from here on
         scorer = check_scoring(template, scoring=self.scoring)
