@@ -228,8 +228,8 @@ def test_package_imports_without_dask():
 
 
 # ----------------------------------------------------------------------------- LocalCluster
-N_CHUNKS, M, S, D = 8, 512, 32, 4  # 8 chunks of 512 KiB: 4 MiB of float64 tokens
-LIMIT = 3 * 2**20  # each worker's memory limit: below the data set's 4 MiB
+N_CHUNKS, M, S, D = 8, 2048, 32, 4  # 8 chunks of 2 MiB: 16 MiB of float64 tokens
+LIMIT = 14 * 2**20  # each worker's memory limit: below the data set's 16 MiB
 
 
 @pytest.fixture(scope="module")
@@ -402,11 +402,12 @@ def test_cluster_fit_stays_distributed(cluster, tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     res = json.loads(out.strip().splitlines()[-1])
+    print("client peak", res["peak"], "chunk", chunk, "workers", watch.peak, res["n_iter"])
     # the fit is the in-memory fit: objective, certificate, predictions
     a_obj, b_obj = res["objective"]
     assert abs(a_obj - b_obj) <= 1e-8 * a_obj and all(res["certified"])
     assert res["same_predictions"]
-    assert "8 chunks of <= 512 samples on 2 workers" in res["plan"]
+    assert f"8 chunks of <= {M} samples on 2 workers" in res["plan"]
     # the data stayed distributed: both workers held chunks, each below its limit, and
     # nothing was spilled during the fit
     assert len(watch.peak) == 2 and min(watch.peak.values()) > 2 * chunk
