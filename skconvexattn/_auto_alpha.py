@@ -87,7 +87,10 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         ``ratios`` tried, their held-out ``scores``, ``n_train``, ``n_validation`` and
         ``seconds``; for ``"fixed"`` the ``reason``.
     """
-    n = _num_samples(X)
+    try:
+        n = int(_num_samples(X))
+    except (TypeError, ValueError):  # e.g. a Dask array of unknown length: fit says so
+        return _fixed("n_samples unknown")
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n:
         return _fixed("y is not a vector of n_samples labels")  # fit raises the error

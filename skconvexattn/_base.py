@@ -34,14 +34,19 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
 from ._auto_alpha import select_alpha_ratio
 from ._backend import get_namespace, resolve_device, scalar, to_numpy
+from ._dask import is_dask_array
 from ._datafits import get_datafit, softmax
+from ._fit_inputs import (
+    _SOLVER_ONLY_PARAMS,
+    _classes_and_weights,
+    _normalised_weights,
+    _same_gate_key,
+)
 from ._factored import balanced_heads, block_spectra, factored_solve
 from ._factored_ops import LiftedFactorOperator, chunk_rows_for
 from ._gates import token_moments
@@ -62,59 +67,6 @@ def _ldexp(x, e):
     except OverflowError:
         return math.copysign(math.inf, x)
 
-
-def _plain(value):
-    """A NumPy scalar as the Python value it holds (messages print ``0``, not
-    ``np.int64(0)``)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _checked_class_weight(class_weight, y, sw, classes):
-    """``sample_weight`` times the weights of ``class_weight``, whose values must be
-    finite and non-negative (the message names ``class_weight``)."""
-    if class_weight is None:
-        return sw
-    if isinstance(class_weight, dict):
-        bad = {
-            _plain(k): _plain(v)
-            for k, v in class_weight.items()
-            if not (np.isscalar(v) and np.isreal(v) and np.isfinite(v) and v >= 0)
-        }
-        if bad:
-            raise ValueError(
-                f"class_weight must map classes to finite non-negative weights; got {bad}. "
-                "Give every class a weight >= 0 (0 drops the class's samples)."
-            )
-    return sw * compute_sample_weight(class_weight, y)
-
-
-def _normalised_weights(sw):
-    """``sw / sw.sum()`` in float64 without overflow (weights up to the float64 maximum)."""
-    sw = np.asarray(sw, dtype=np.float64)
-    top = sw.max()
-    if not np.isfinite(top):
-        raise ValueError("sample_weight must be finite; got an infinite weight.")
-    scaled = sw / top if top > 0 else sw
-    return scaled / scaled.sum()
-
-
-#: parameters that change how a fit is solved, not its gates
-_SOLVER_ONLY_PARAMS = frozenset(
-    {"alpha", "alpha_ratio", "max_iter", "max_time", "tol", "tol_scale", "solver",
-     "verbose", "warm_start", "device", "memory_budget"}
-)
-
-
-def _same_gate_key(old, new):
-    """Whether a warm start sees the data its gates were drawn from (same shape and token
-    moments): then a cold fit would draw the same gates."""
-    if old is None:
-        return False
-    return (
-        old[0] == new[0]
-        and np.array_equal(old[1], new[1])
-        and np.array_equal(old[2], new[2])
-    )
 
 # the factored path keeps ``coef_`` (the blocks ``U V^T``) only up to this many weights;
 # beyond, the fitted heads live in ``factors_`` alone
@@ -224,34 +176,21 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         Nothing is stored on ``self`` except what validation sets at ``reset``
         (``n_features_in_``, ``token_shape_``); the gates a cold fit would draw are in
         ``setup.gates``. :meth:`fit` and :meth:`compute_alpha_max` share it.
+        A Dask ``X`` takes :func:`~skconvexattn._dask.dask_setup` (chunked operators).
         """
+        if is_dask_array(X):
+            from ._dask import dask_setup
+
+            return dask_setup(self, X, y, sample_weight, reset=reset)
         X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
         # extreme scales (float32 X * 1e13 for self-attention): solve the same program on
         # X * 2**scale_exp, exactly (powers of two), with alpha scaled to match
         scale_exp = self._scale_exponent(X3)
         if scale_exp:
             X3 = np.ldexp(X3, scale_exp).astype(X3.dtype, copy=False)
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"y has only one class ({_plain(classes[0])!r}); a classifier needs samples "
-                "of at least 2 classes."
-            )
-        sw = _check_sample_weight(sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True)
-        sw = _checked_class_weight(self.class_weight, y, sw, classes)
-        class_totals = np.bincount(y_enc, weights=sw, minlength=classes.shape[0])
-        if np.count_nonzero(class_totals > 0) < 2:
-            raise ValueError(
-                "sample_weight leaves only one class with positive total weight; a "
-                "classifier needs at least 2 classes with positive weight."
-            )
-        if np.any(class_totals <= 0):
-            empty = [_plain(v) for v in classes[class_totals <= 0]]
-            raise ValueError(
-                f"class(es) {empty} have zero total sample_weight; drop those samples "
-                "or give them positive weight."
-            )
+        classes, y_enc, sw = _classes_and_weights(
+            self, y, sample_weight, X3.reshape(X3.shape[0], -1)
+        )
         n, s, d = X3.shape
         self._check_head_params(s, d)
         backend = resolve_device(self.device)
@@ -650,9 +589,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
             A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
-            verbose=self.verbose, warn=False,
+            verbose=self.verbose, warn=False, interruptible=True,
         )
-        if not res.converged:
+        if not res.converged and not res.interrupted:
             self._warn_not_converged(res)
         A2, B2, S = balanced_heads(res.A, res.B)
         self.factors_ = {"A": A2.astype(dtype), "B": B2.astype(dtype), "matrix_free": not lifted}
@@ -668,19 +607,26 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             intercept = intercept - st.op.intercept_shift(res.A, res.B)
         self.intercept_ = to_numpy(intercept)
         self.n_iter_ = res.n_iter
-        self.dual_gap_ = res.dual_gap
-        self.objective_ = res.objective
-        self.null_objective_ = res.null_objective
+        self.dual_gap_ = float(res.dual_gap)
+        self.objective_ = float(res.objective)
+        self.null_objective_ = float(res.null_objective)
         self.convergence_ = res.history
-        self.interrupted_ = False
+        self.interrupted_ = bool(res.interrupted)
         self.device_ = backend.name
         self.solver_ = "factored"
-        if lifted:
+        if lifted and st.plan is None:  # a Dask operator describes its own chunks
+            self.memory_plan_ = "factored, lifted features: " + str(
+                getattr(st.op.op, "plan_name", "on the workers")
+            )
+        elif lifted:
             self.memory_plan_ = "factored, lifted features " + (
                 "materialised" if st.plan.materialised else f"in chunks of {st.plan.chunk_rows}"
             )
         else:
             self.memory_plan_ = f"factored, chunks of {st.op.chunk_rows}"
+        if res.interrupted:
+            # the point reached and its certificate are kept; the interrupt goes on
+            raise KeyboardInterrupt
         return self
 
     def _factor_logits(self, X3):
@@ -760,6 +706,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         scores : ndarray of shape (n_samples, n_classes) or (n_samples,)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "decision_function", X)
         O = self._logits(check_tokens(self, X, reset=False))
         if O.shape[1] == 2:
             return O[:, 1] - O[:, 0]
@@ -778,6 +728,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         y_pred : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict", X)
         O = self._logits(check_tokens(self, X, reset=False))
         return self.classes_[np.argmax(O, axis=1)]
 
@@ -795,6 +749,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict_proba", X)
         O = self._logits(check_tokens(self, X, reset=False))
         dtype = O.dtype  # float32 models give float32 probabilities (as LogisticRegression)
         with np.errstate(over="ignore"):  # a difference beyond -max: probability 0
@@ -803,6 +761,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     @available_if(_has_log_loss)
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
+        if is_dask_array(X):
+            check_is_fitted(self)
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "predict_log_proba", X)
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
@@ -822,6 +785,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             ``-1`` for padding tokens (token rows entirely NaN, see ``docs/padding.rst``).
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_apply
+
+            return lazy_apply(self, "transform", X)
         X3 = self._scaled(check_tokens(self, X, reset=False))
         return np.asarray(self._token_clusters(X3), dtype=np.int64)
 

@@ -62,6 +62,7 @@ class FactoredResult:
     converged: bool
     history: dict = field(default_factory=dict)
     timed_out: bool = False  # stopped by max_time
+    interrupted: bool = False  # stopped by KeyboardInterrupt (interruptible=True)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -400,6 +401,7 @@ def factored_solve(
     random_state=0,
     verbose=0,
     warn=True,
+    interruptible=False,
 ):
     """Solve the convex program on factors to a duality gap ``<= tol * scale``.
 
@@ -429,6 +431,9 @@ def factored_solve(
         Seconds after which the solver stops like at ``max_iter``.
     n_lanczos : int
         Lanczos steps per spectral norm.
+    interruptible : bool
+        On :class:`KeyboardInterrupt`, return the last point L-BFGS accepted with its
+        certificate (``interrupted`` is set) instead of propagating it.
 
     Returns
     -------
@@ -462,7 +467,7 @@ def factored_solve(
     reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
     best_dual = -math.inf
     v_start = None
-    converged = stalled = timed_out = False
+    converged = stalled = timed_out = interrupted = False
     primal = gap = math.inf
     if A.shape[1] > 0:
         O = fun([A, B, b])[2]
@@ -494,45 +499,52 @@ def factored_solve(
         if gap <= tol * ref:
             converged = True
             break
-        if it >= max_iter:
+        if interrupted or it >= max_iter:
             break
         if time.perf_counter() > deadline:
             timed_out = True
             break
-        # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
-        # a block of r >= min(R, L c) heads already spans every matrix of its shape (and
-        # Burer-Monteiro has no spurious local minimum there): no column to add
-        grow = sig > alpha * (1.0 + 1e-6)
-        if A.shape[1] >= min(R, Lc):
-            grow[:] = False
-        if stalled and not np.any(grow):
-            break  # no descent left at this precision: the certificate is what it is
-        if np.any(grow):
-            mask = xp.asarray(grow.astype(np.float64), dtype=dtype)
-            Anew = -xp.reshape(u_top * xp.reshape(mask, (P,) + (1,) * len(a_shape)),
-                               (P, 1) + a_shape)
-            Bnew = xp.reshape(v_top * mask[:, None, None], (P, 1, d, c))
-            tau = _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, int(grow.sum()),
-                               sig[grow].max())
-            root = math.sqrt(tau)
-            A = xp.concat([A, root * Anew], axis=1)
-            B = xp.concat([B, root * Bnew], axis=1)
-            lbfgs.pad(A.shape[1])
-            stats["iterations"] += 1
-        # ---- L-BFGS on the current columns
-        F, g, O = fun([A, B, b])
-        budget = min(check_every, max_iter - stats["iterations"])
-        if budget <= 0:
-            continue
-        (A, B, b), F, g, O, stalled = lbfgs.run(
-            fun, [A, B, b], F, g, O, max_iter=budget, deadline=deadline, stats=stats
-        )
-        keep = _nonzero_heads(A, B, xp)
-        if keep is not None:
-            A, B = xp.take(A, keep, axis=1), xp.take(B, keep, axis=1)
-            lbfgs.take(keep)
+        try:
+            # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
+            # a block of r >= min(R, L c) heads already spans every matrix of its shape (and
+            # Burer-Monteiro has no spurious local minimum there): no column to add
+            grow = sig > alpha * (1.0 + 1e-6)
+            if A.shape[1] >= min(R, Lc):
+                grow[:] = False
+            if stalled and not np.any(grow):
+                break  # no descent left at this precision: the certificate is what it is
+            if np.any(grow):
+                mask = xp.asarray(grow.astype(np.float64), dtype=dtype)
+                Anew = -xp.reshape(u_top * xp.reshape(mask, (P,) + (1,) * len(a_shape)),
+                                   (P, 1) + a_shape)
+                Bnew = xp.reshape(v_top * mask[:, None, None], (P, 1, d, c))
+                tau = _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, int(grow.sum()),
+                                   sig[grow].max())
+                root = math.sqrt(tau)
+                A = xp.concat([A, root * Anew], axis=1)
+                B = xp.concat([B, root * Bnew], axis=1)
+                lbfgs.pad(A.shape[1])
+                stats["iterations"] += 1
+            # ---- L-BFGS on the current columns
+            F, g, O = fun([A, B, b])
+            budget = min(check_every, max_iter - stats["iterations"])
+            if budget <= 0:
+                continue
+            (A, B, b), F, g, O, stalled = lbfgs.run(
+                fun, [A, B, b], F, g, O, max_iter=budget, deadline=deadline, stats=stats
+            )
+            keep = _nonzero_heads(A, B, xp)
+            if keep is not None:
+                A, B = xp.take(A, keep, axis=1), xp.take(B, keep, axis=1)
+                lbfgs.take(keep)
+        except KeyboardInterrupt:
+            if not interruptible:
+                raise
+            # the last accepted point, certified at the top of the loop, then returned
+            interrupted = True
+            O = fun([A, B, b])[2] if A.shape[1] > 0 else xp.zeros_like(Y) + b[None, :]
     reporter.close(converged)
-    if not converged and warn:
+    if not converged and warn and not interrupted:
         warnings.warn(
             f"The factored solver stopped before the requested duality gap (relative gap "
             f"{gap / max(null if tol_scale == 'null' else abs(primal), 1e-300):.2e} > "
@@ -543,7 +555,7 @@ def factored_solve(
     return FactoredResult(
         A=A, B=B, intercept=b, n_iter=stats["iterations"], objective=primal,
         dual_objective=best_dual, dual_gap=gap, null_objective=null, converged=converged,
-        history=history,
+        history=history, timed_out=timed_out, interrupted=interrupted,
     )
 
 

@@ -150,6 +150,12 @@ def token_moments(X, w):
     tw = tw / tw.sum()
     mu = tw @ T
     var = tw @ (T - mu) ** 2
+    return _finish_moments(mu, var)
+
+
+def _finish_moments(mu, var):
+    """``mu`` and the scale ``sqrt(var)``, with 1 for (numerically) constant features
+    (shared with the Dask path, which reduces ``mu`` and ``var`` over chunks)."""
     sigma = np.sqrt(var)
     sigma[sigma <= 1e-12 * (np.abs(mu) + 1.0)] = 1.0
     return mu, sigma

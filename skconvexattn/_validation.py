@@ -180,12 +180,26 @@ def _check_finite(X):
         if pad.any():
             empty = np.flatnonzero(pad.all(axis=1))
             if empty.size:
-                raise ValueError(
-                    f"{empty.size} sample(s) of X (e.g. sample {int(empty[0])}) have only "
-                    "padding tokens (token rows entirely NaN); every sample needs at least "
-                    "one real token. Drop those samples before calling this method."
-                )
+                raise ValueError(_empty_message(empty.size, int(empty[0])))
         return  # padding only, or the sum overflowed while the entries are finite
+    first = None
+    if n_nan:
+        first = tuple(int(v) for v in np.argwhere(nan.any(axis=2) & ~pad)[0])
+    raise ValueError(_nonfinite_message(n_nan, n_inf, first, X.shape[2]))
+
+
+def _empty_message(n_empty, first):
+    """The error of samples with only padding tokens (shared with the Dask path)."""
+    return (
+        f"{n_empty} sample(s) of X (e.g. sample {first}) have only "
+        "padding tokens (token rows entirely NaN); every sample needs at least "
+        "one real token. Drop those samples before calling this method."
+    )
+
+
+def _nonfinite_message(n_nan, n_inf, first, d):
+    """The error of NaN outside padding rows or infinite values (shared with the Dask
+    path): counts, the first bad ``(sample, token)`` and the fix."""
     what = []
     if n_nan:
         what.append(f"NaN ({n_nan} value{'s' * (n_nan > 1)})")
@@ -193,12 +207,12 @@ def _check_finite(X):
         what.append(f"infinity ({n_inf} value{'s' * (n_inf > 1)})")
     hint = ""
     if n_nan:
-        i, t = (int(v) for v in np.argwhere(nan.any(axis=2) & ~pad)[0])
+        i, t = first
         hint = (
             f" Token rows with only some NaN features are not padding (e.g. sample {i}, "
-            f"token {t}); a padding token must be NaN in all {X.shape[2]} features."
+            f"token {t}); a padding token must be NaN in all {d} features."
         )
-    raise ValueError(
+    return (
         f"Input X contains {' and '.join(what)}; the token features must be finite."
         + hint
         + " Impute missing values (e.g. sklearn.impute.SimpleImputer on "

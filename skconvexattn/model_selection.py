@@ -54,6 +54,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._dask import check_dask_tokens, is_dask_array, release
 from ._params import make_init
 from ._validation import check_tokens
 from .heads import get_head, registered_heads
@@ -177,6 +178,7 @@ def regularization_path(
         if return_coefs:
             out["coefs"].append(head.coef_.copy())
             out["intercepts"].append(head.intercept_.copy())
+    release(head)  # a Dask fit's chunks were kept on the workers along the path only
     path = {k: np.asarray(v) for k, v in out.items() if len(v) or k in ("n_iter",)}
     path["alphas"] = np.asarray(alphas, dtype=np.float64)
     path["estimator"] = head
@@ -341,11 +343,16 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             The fitted estimator.
         """
         # validate here so that errors name this estimator and come before any fit
-        X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
+        if is_dask_array(X):  # folds are index selections of the Dask array
+            X3, y, sw = _check_dask_cv_input(self, X, y, sample_weight)
+        else:
+            X3, y = check_tokens(self, X, y, reset=True, n_tokens=self.n_tokens, require_y=True)
+            sw = None
+            if sample_weight is not None:
+                sw = _check_sample_weight(
+                    sample_weight, X3.reshape(X3.shape[0], -1), ensure_non_negative=True
+                )
         n = X3.shape[0]
-        sw = None
-        if sample_weight is not None:
-            sw = _check_sample_weight(sample_weight, X3.reshape(n, -1), ensure_non_negative=True)
         template = self._make_head()
         template.set_params(n_tokens=None)  # X3 is 3-D from here on
         scorer = check_scoring(template, scoring=self.scoring)
@@ -365,7 +372,8 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             alphas = np.sort(alphas)[::-1]
 
         cv = check_cv(self.cv, y, classifier=True)
-        splits = list(cv.split(X3.reshape(n, -1), y))
+        # the splitters read n_samples (and y, groups) only: a placeholder stands for a Dask X
+        splits = list(cv.split(np.zeros((n, 1)) if is_dask_array(X3) else X3.reshape(n, -1), y))
         keep_coefs = bool(self.refit)
         if amax == 0:
             # the all-zero model is optimal at every alpha (constant tokens): no path, one
@@ -441,6 +449,7 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_ZERO_MODEL_MSG, category=UserWarning)
                 best.fit(X3, y, sample_weight=sw)
+            release(best)  # a Dask fit's chunks are not kept on the workers
             self.refit_time_ = time.perf_counter() - t0
             self.refit_n_iter_ = int(best.n_iter_)
             best.set_params(warm_start=False)
@@ -496,6 +505,8 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _checked_tokens(self, X):
         """``X`` validated against this estimator (its ``n_features_in_`` and token
         shape), as the 3-D tokens the refitted head takes."""
+        if is_dask_array(X):
+            return check_dask_tokens(self, X, reset=False)
         return check_tokens(self, X, reset=False)
 
     def get_feature_names_out(self, input_features=None):
@@ -509,6 +520,24 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = []
         return tags
+
+
+def _check_dask_cv_input(est, X, y, sample_weight):
+    """The checks of a ``*CV`` fit on a Dask ``X`` (metadata only; the values are checked
+    by the first fit's reduction): 3-D ``X``, NumPy ``y`` and ``sample_weight``."""
+    from ._dask import small_array
+
+    if y is None:
+        raise ValueError(
+            f"{type(est).__name__} requires y to be passed, but the target y is None."
+        )
+    X3 = check_dask_tokens(est, X, reset=True, n_tokens=est.n_tokens)
+    n = X3.shape[0]
+    y = small_array(y, "y", n)
+    sw = small_array(sample_weight, "sample_weight", n)
+    if sw is not None:
+        sw = _check_sample_weight(sw, np.empty((n, 0)), ensure_non_negative=True)
+    return X3, y, sw
 
 
 def _rank_min(values):

@@ -40,6 +40,7 @@ from sklearn.utils.validation import (
     check_is_fitted,
 )
 
+from ._dask import is_dask_array
 from ._padding import pad_tokens, padding_mask
 from ._validation import check_tokens
 
@@ -233,6 +234,10 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         self : object
             The fitted scaler.
         """
+        if is_dask_array(X):  # statistics by reductions over the chunks
+            from ._dask import fit_token_scaler
+
+            return fit_token_scaler(self, X, sample_weight)
         X3 = check_tokens(self, X, reset=True, n_tokens=self.n_tokens)
         n, s, d = X3.shape
         if sample_weight is not None:
@@ -270,6 +275,11 @@ class TokenStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
             The standardised tokens.
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_transform
+
+            _check_container_output(self, X.ndim)
+            return lazy_transform(self, X, self.token_shape_[1])
         ndim = _input_ndim(X)
         X3 = check_tokens(self, X, reset=False)
         _check_container_output(self, ndim)
@@ -430,6 +440,10 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         self : object
             The fitted transformer.
         """
+        if is_dask_array(X):  # mean and covariance by a reduction over the chunks
+            from ._dask import fit_token_pca
+
+            return fit_token_pca(self, X)
         X3 = check_tokens(self, X, reset=True, n_tokens=self.n_tokens)
         n, s, d = X3.shape
         T = _stack(X3)
@@ -437,6 +451,29 @@ class TokenPCA(TransformerMixin, BaseEstimator):
         if real is not None:  # padding tokens are no observations
             T = T[real]
         n_real = T.shape[0]
+        self._check_components(n, s, d, n_real)
+        k = self.n_components
+        self.pca_ = PCA(
+            n_components=k,
+            whiten=self.whiten,
+            svd_solver=self.svd_solver,
+            random_state=self.random_state,
+        ).set_output(transform="default")
+        self.pca_.fit(T)
+        for name in (
+            "components_",
+            "explained_variance_",
+            "explained_variance_ratio_",
+            "singular_values_",
+            "mean_",
+            "n_components_",
+            "noise_variance_",
+        ):
+            setattr(self, name, getattr(self.pca_, name))
+        return self
+
+    def _check_components(self, n, s, d, n_real):
+        """``n_components`` against the token shape and the ``n_real`` real tokens."""
         k = self.n_components
         if isinstance(k, Integral):
             if k > d:
@@ -460,24 +497,6 @@ class TokenPCA(TransformerMixin, BaseEstimator):
                     f"number of real training tokens) = {min(d, n_real)} with "
                     "svd_solver='arpack'. Use a smaller n_components or svd_solver='full'."
                 )
-        self.pca_ = PCA(
-            n_components=k,
-            whiten=self.whiten,
-            svd_solver=self.svd_solver,
-            random_state=self.random_state,
-        ).set_output(transform="default")
-        self.pca_.fit(T)
-        for name in (
-            "components_",
-            "explained_variance_",
-            "explained_variance_ratio_",
-            "singular_values_",
-            "mean_",
-            "n_components_",
-            "noise_variance_",
-        ):
-            setattr(self, name, getattr(self.pca_, name))
-        return self
 
     def transform(self, X):
         """Project every token onto the principal axes.
@@ -495,6 +514,11 @@ class TokenPCA(TransformerMixin, BaseEstimator):
             The projected tokens, with the dimensionality and dtype of ``X``.
         """
         check_is_fitted(self)
+        if is_dask_array(X):  # lazy, chunk by chunk
+            from ._dask import lazy_transform
+
+            _check_container_output(self, X.ndim)
+            return lazy_transform(self, X, self.n_components_)
         ndim = _input_ndim(X)
         X3 = check_tokens(self, X, reset=False)
         _check_container_output(self, ndim)

@@ -227,11 +227,15 @@ def test_predict_proba_keeps_float32(cls, data):
 
 # ---------------------------------------------------------------- 11. max_time and Ctrl-C
 @pytest.mark.parametrize("cls", estimator_params(HEAD_CLASSES))
-def test_max_time_stops_like_max_iter(cls, data):
+@pytest.mark.parametrize("solver", ["fista", "auto"])
+def test_max_time_stops_like_max_iter(cls, data, solver):
     X, y = data
-    est = small(cls, alpha_ratio=1e-3, tol=1e-12, max_iter=100000, max_time=0.3)
+    # L-BFGS certifies the small FNO program to 5e-14 in about 0.2 s: stop it sooner
+    limit = 0.05 if solver == "auto" and cls.__name__ == "ConvexFNOClassifier" else 0.3
+    est = small(cls, alpha_ratio=1e-3, tol=1e-12, max_iter=100000, max_time=limit,
+                solver=solver)
     t0 = time.perf_counter()
-    with pytest.warns(ConvergenceWarning, match="max_time=0.3"):
+    with pytest.warns(ConvergenceWarning, match=f"max_time={limit:g}"):
         est.fit(X, y)
     assert time.perf_counter() - t0 < 10
     assert 0 < est.n_iter_ < 100000
@@ -243,7 +247,7 @@ def test_max_time_stops_like_max_iter(cls, data):
 
 def test_fista_max_time_keyword(data):
     X, y = data
-    est = small(ConvexSelfAttentionClassifier)
+    est = small(ConvexSelfAttentionClassifier, solver="fista")
     st = est._setup(X, y, None, reset=True)
     res = solver_module.fista(st.op, st.datafit, st.Y, st.w, 1e-4 * st.alpha_max,
                               max_iter=10**6, tol=0.0, max_time=0.2, warn=False)
@@ -252,7 +256,7 @@ def test_fista_max_time_keyword(data):
 
 def test_keyboard_interrupt_keeps_the_iterate_and_its_certificate(data, monkeypatch):
     X, y = data
-    est = small(ConvexSelfAttentionClassifier, alpha_ratio=1e-3, tol=1e-12)
+    est = small(ConvexSelfAttentionClassifier, alpha_ratio=1e-3, tol=1e-12, solver="fista")
     calls = {"n": 0}
     prox = solver_module.BlockNuclearNorm.prox
 
@@ -270,6 +274,34 @@ def test_keyboard_interrupt_keeps_the_iterate_and_its_certificate(data, monkeypa
     assert np.isfinite(est.dual_gap_) and est.dual_gap_ > 0
     monkeypatch.undo()
     # the kept iterate predicts, and its objective is the one certified
+    assert est.predict(X).shape == y.shape
+    net = est.to_nonconvex()
+    assert net.objective(X, y) == pytest.approx(est.objective_, rel=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["auto", "factored"])
+def test_keyboard_interrupt_in_the_factored_solver(data, monkeypatch, solver):
+    """The same on factors (through the lifted features, or matrix-free)."""
+    from skconvexattn import _factored
+
+    X, y = data
+    est = small(ConvexSelfAttentionClassifier, alpha_ratio=1e-3, tol=1e-12, solver=solver)
+    calls = {"n": 0}
+    call = _factored._Objective.__call__
+
+    def interrupted_call(self, x):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return call(self, x)
+
+    monkeypatch.setattr(_factored._Objective, "__call__", interrupted_call)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X, y)
+    monkeypatch.undo()
+    assert est.interrupted_ and est.solver_ == "factored" and 0 < est.n_iter_ < 30
+    assert est.convergence_["iteration"][-1] == est.n_iter_
+    assert np.isfinite(est.dual_gap_) and est.dual_gap_ > 0
     assert est.predict(X).shape == y.shape
     net = est.to_nonconvex()
     assert net.objective(X, y) == pytest.approx(est.objective_, rel=1e-6)
@@ -296,7 +328,7 @@ def test_extreme_scales_fit_the_same_program(cls, factor, dtype, data):
     assert np.isfinite(proba).all() and np.isfinite(proba_ref).all()
     np.testing.assert_array_equal(est.predict(Xs), ref.predict(X.astype(dtype)))
     if np.isfinite(est.alpha_max_):
-        assert est.alpha_ == pytest.approx(est.alpha_ratio * est.alpha_max_)
+        assert est.alpha_ == pytest.approx(est.alpha_ratio_ * est.alpha_max_)
 
 
 @pytest.mark.parametrize("scale", [1e13, 1e-13])
