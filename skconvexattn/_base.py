@@ -603,6 +603,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             V = B2.reshape(P, B2.shape[1], L * c)
             self.coef_ = np.matmul(np.transpose(U, (0, 2, 1)), V).astype(dtype)
         intercept = res.intercept
+        if self.fit_intercept and self.loss == "log_loss":
+            # the softmax ignores a constant added to every class's intercept: fix it as
+            # FISTA does (the mean of the starting intercept, which its steps keep), so
+            # both solvers and every run return the same intercept_
+            xp = get_namespace(intercept)
+            b0 = prior_and_start(st.datafit, st.Y, st.w, True)[1]
+            intercept = intercept - xp.mean(intercept) + xp.mean(b0)
         if lifted and res.A.shape[1] > 0:  # the lifted features may be centred
             intercept = intercept - st.op.intercept_shift(res.A, res.B)
         self.intercept_ = to_numpy(intercept)
@@ -614,10 +621,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.interrupted_ = bool(res.interrupted)
         self.device_ = backend.name
         self.solver_ = "factored"
-        if lifted and st.plan is None:  # a Dask operator describes its own chunks
-            self.memory_plan_ = "factored, lifted features: " + str(
-                getattr(st.op.op, "plan_name", "on the workers")
-            )
+        plan_name = getattr(st.op, "op", None) is not None and getattr(st.op.op, "plan_name", None)
+        if lifted and plan_name:  # the operator names its form (Dask chunks, matrix-free)
+            self.memory_plan_ = f"factored, lifted features: {plan_name}"
         elif lifted:
             self.memory_plan_ = "factored, lifted features " + (
                 "materialised" if st.plan.materialised else f"in chunks of {st.plan.chunk_rows}"

@@ -37,7 +37,7 @@ from sklearn.base import clone
 from sklearn.utils import Bunch, check_random_state
 
 from ._backend import Backend, get_namespace, np_compat, resolve_device, to_numpy
-from ._validation import _empty_message, _nonfinite_message
+from ._validation import _empty_message, _nonfinite_message, _split_columns
 
 __all__ = [
     "is_dask_array",
@@ -169,15 +169,7 @@ def check_dask_tokens(estimator, X, *, reset, n_tokens=None):
     else:
         n, f = (int(v) for v in X.shape)
         if reset:
-            s = 1 if n_tokens is None else int(n_tokens)
-            if f % s:
-                raise ValueError(
-                    f"n_tokens={s} does not divide the {f} columns of the 2-D X: a flattened "
-                    "X must have n_tokens * n_features columns. Pass the 3-D array "
-                    "(n_samples, n_tokens, n_features), or set n_tokens to a divisor of "
-                    f"{f}."
-                )
-            d = f // s
+            s, d = _split_columns(f, n_tokens)
         else:
             if f != estimator.n_features_in_:
                 raise ValueError(

@@ -279,7 +279,7 @@ class _LBFGS:
     def __init__(self, memory, xp, rounding):
         self.memory, self.xp, self.rounding = memory, xp, rounding
         self.S, self.Y, self.rho = [], [], []
-        self.gamma = 1.0
+        self.gamma = (1.0, 1.0, 1.0)
 
     def pad(self, r_new):
         """Give every stored pair zero columns up to ``r_new`` heads."""
@@ -322,10 +322,14 @@ class _LBFGS:
             coefs.append(a_)
             q = [qi - yi for qi, yi in zip(q, scaled(a_, y_))]
         if self.S:
-            gamma = self.gamma  # s.y / y.y of the newest pair (host, known at update)
+            # s.y / y.y of the newest pair, for the factors and the intercept apart (host,
+            # known at update): the intercept is O(1) whatever the scale of X, the heads
+            # are not, and one scale for both slows L-BFGS on unnormalised data
+            one = xp.ones((), dtype=xp.float64)
+            q = [xp.astype(gm * one, dt) * qi for gm, qi in zip(self.gamma, q)]
         else:
             gamma = 1.0 / xp.maximum(xp.sqrt(_tdot(g, g, xp)), xp.asarray(1e-300))
-        q = scaled(gamma * xp.ones((), dtype=xp.float64), q)
+            q = scaled(gamma * xp.ones((), dtype=xp.float64), q)
         for s_, y_, r_, a_ in zip(self.S, self.Y, self.rho, reversed(coefs)):
             b_ = r_ * _tdot(y_, q, xp)
             q = [qi + si for qi, si in zip(q, scaled(a_ - b_, s_))]
@@ -368,12 +372,18 @@ class _LBFGS:
             stats["iterations"] += 1
             s_ = [a - b for a, b in zip(xn, x)]
             y_ = [a - b for a, b in zip(gn, g)]
-            sy, ss, yy = _host(_tdot(s_, y_, xp), _tdot(s_, s_, xp), _tdot(y_, y_, xp))
+            sy, ss, yy, sy_b, yy_b = _host(
+                _tdot(s_, y_, xp), _tdot(s_, s_, xp), _tdot(y_, y_, xp),
+                _dot(s_[2], y_[2], xp), _dot(y_[2], y_[2], xp),
+            )
             if sy > 1e-10 * math.sqrt(ss * yy):
                 self.S.append(s_)
                 self.Y.append(y_)
                 self.rho.append(1.0 / sy)
-                self.gamma = sy / yy
+                sy_f, yy_f = sy - sy_b, yy - yy_b
+                g_f = sy_f / yy_f if sy_f > 0 and yy_f > 0 else sy / yy
+                g_b = sy_b / yy_b if sy_b > 0 and yy_b > 0 else sy / yy
+                self.gamma = (g_f, g_f, g_b)
                 if len(self.S) > self.memory:
                     self.S.pop(0), self.Y.pop(0), self.rho.pop(0)
             x, F, g, O, Fh = xn, Fn, gn, On, Fnh

@@ -24,6 +24,19 @@ def _ndim(X):
         ) from exc
 
 
+def _split_columns(f, n_tokens):
+    """``(n_tokens, n_features)`` of a flattened ``X`` with ``f`` columns at fit."""
+    s = 1 if n_tokens is None else int(n_tokens)
+    if f % s:
+        raise ValueError(
+            f"n_tokens={s} does not divide the {f} columns of the 2-D X: a flattened "
+            "X must have n_tokens * n_features columns. Pass the 3-D array "
+            "(n_samples, n_tokens, n_features), or set n_tokens to a divisor of "
+            f"{f}."
+        )
+    return s, f // s
+
+
 def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False):
     """Validate ``X`` (and ``y``) and return token matrices of shape ``(n, s, d)``.
 
@@ -87,15 +100,7 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
                 )
         n, f = flat.shape
         if reset:
-            s = 1 if n_tokens is None else int(n_tokens)
-            if f % s:
-                raise ValueError(
-                    f"n_tokens={s} does not divide the {f} columns of the 2-D X: a flattened "
-                    "X must have n_tokens * n_features columns. Pass the 3-D array "
-                    "(n_samples, n_tokens, n_features), or set n_tokens to a divisor of "
-                    f"{f}."
-                )
-            s, d = s, f // s
+            s, d = _split_columns(f, n_tokens)
         else:
             s, d = estimator.token_shape_
         X3 = flat.reshape(n, s, d)

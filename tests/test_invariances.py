@@ -191,7 +191,9 @@ def test_float32_and_float64_agree(cls, activation):
     # well-separated classes: the predictions must agree exactly
     X, y = _data(n_classes=2, seed=3)
     X[:, :, 0] += 1.5 * (2 * y - 1)[:, None]
-    kw = dict(tol=1e-6, max_iter=3000)
+    # FISTA: at tol=1e-6 the float32 L-BFGS of the factored solver can stall on rounding
+    # (3.6e-6 after 3000 iterations for linear self-attention), see docs/factored.rst
+    kw = dict(tol=1e-6, max_iter=3000, solver="fista")
     f64 = _fit(_head(cls, activation, **kw), X, y)
     f32 = _fit(_head(cls, activation, **kw), X.astype(np.float32), y)
     assert f32.coef_.dtype == np.float32 and f64.coef_.dtype == np.float64

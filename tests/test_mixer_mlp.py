@@ -393,7 +393,7 @@ def test_mlp_matrix_free_operator_same_fit(fit_intercept, monkeypatch):
     X = rng.standard_normal((300, 1, 10))
     y = (X[:, 0, 0] * X[:, 0, 1] + 0.3 * X[:, 0, 2] > 0).astype(int)
     kw = dict(alpha=1e-3, n_gates=16, random_state=0, tol=1e-8, max_iter=20000,
-              fit_intercept=fit_intercept)
+              fit_intercept=fit_intercept, solver="fista")  # the operator, not the solver
     free = ConvexMLPClassifier(**kw).fit(X, y)
     assert free.memory_plan_ == "matrix-free"
     monkeypatch.setattr(ConvexMLPClassifier, "_operator", BaseConvexHead._operator)
