@@ -120,9 +120,13 @@ def test_warm_start_reuses_the_solution(data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         head.fit(X, y)  # stopped by max_iter
-    gap = head.dual_gap_
+    gap, objective = head.dual_gap_, head.objective_
     head.set_params(max_iter=5000).fit(X, y)  # resumes exactly where it stopped
-    np.testing.assert_allclose(head.convergence_["dual_gap"][0], gap, rtol=1e-6)
+    np.testing.assert_allclose(head.convergence_["objective"][0], objective, rtol=1e-6)
+    if head.solver_ == "fista":
+        np.testing.assert_allclose(head.convergence_["dual_gap"][0], gap, rtol=1e-6)
+    # (the factored solver certifies with the best dual point of its run: a resumed run
+    # starts from the point's own, 5.5e-4 here against 4.5e-4 at the stop)
     assert head.n_iter_ > 0
     head.fit(X, y)  # same alpha from its own certified solution: nothing left to do
     assert head.n_iter_ == 0
