@@ -211,3 +211,16 @@ def test_adam_loop_records():
     t, f = adam_loop(torch, [w], batch, 0.1, 30, 1e9, objective=lambda: full(0), eval_every=3)
     assert f.shape == (10,) and np.all(np.diff(f) <= 0)
     assert f[-1] < 5.25  # the objective at the start, ||target||^2
+
+
+def test_lifted_factors_on_digits(tmp_path):
+    """bench_lifted_factors on the digits (no data folder): both solvers certify the same
+    program, to the same objective within the tolerance, and the JSON says so."""
+    module = importlib.import_module("bench_lifted_factors")
+    out = tmp_path / "lf.json"
+    module.main(["--cases", "digits:mlp:0.1", "--n-train", "300", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    f, g = row["fista"], row["lbfgs_factors"]
+    assert f["certified"] and g["certified"]
+    assert g["objective"] == pytest.approx(f["objective"], rel=2e-4)
+    assert row["speed_ratio"] > 0 and g["heads_per_block"] >= 1
