@@ -7,10 +7,9 @@ No single ratio ``alpha / alpha_max`` suits every data set: on sentence tokens (
 the gradient at zero, the useful ``alpha`` by how many weaker directions carry signal,
 and that differs between data sets. So ``"auto"`` measures it: a warm-started path of
 ratios ``0.3, 0.1, 0.03, ...`` is fitted (to ``tol=1e-3``) on a stratified 80 % of the
-training samples and
-scored (accuracy, weighted by ``sample_weight``) on the other 20 %; the path stops once
-two ratios in a row score below the best; the head is then fitted on all the samples at
-the best ratio (ties go to the larger ratio, the simpler model).
+training samples and scored (accuracy, weighted by ``sample_weight``) on the other 20 %;
+the path stops once two ratios in a row score below the best; the head is then fitted on
+all the samples at the best ratio (ties go to the larger ratio, the simpler model).
 
 Small data sets (fewer than :data:`AUTO_MIN_SAMPLES` samples, or a class with fewer than
 :data:`AUTO_MIN_CLASS` samples) have too few held-out samples to rank ratios (the
