@@ -37,7 +37,12 @@ from sklearn.base import clone
 from sklearn.utils import Bunch, check_random_state
 
 from ._backend import Backend, get_namespace, np_compat, resolve_device, to_numpy
-from ._validation import _empty_message, _nonfinite_message, _split_columns
+from ._validation import (
+    _check_3d_shape,
+    _empty_message,
+    _nonfinite_message,
+    _split_columns,
+)
 
 __all__ = [
     "is_dask_array",
@@ -108,7 +113,7 @@ def check_dask_tokens(estimator, X, *, reset, n_tokens=None):
     (``X.compute_chunk_sizes()``). The values (NaN, infinity, padding) are checked by
     the reduction of :func:`dask_setup` before any heavy work.
     """
-    from ._validation import _check_not_empty, _check_token_shape
+    from ._validation import _check_not_empty
 
     name = type(estimator).__name__
     ndim = X.ndim
@@ -157,14 +162,7 @@ def check_dask_tokens(estimator, X, *, reset, n_tokens=None):
             )
     if ndim == 3:
         n, s, d = (int(v) for v in X.shape)
-        if reset and n_tokens is not None and int(n_tokens) != s:
-            raise ValueError(
-                f"n_tokens={n_tokens} contradicts X of shape {X.shape}, which already has "
-                f"{s} tokens: n_tokens is for a flattened 2-D X (n_samples, n_tokens * "
-                "n_features). Leave n_tokens=None for 3-D input."
-            )
-        if not reset:
-            _check_token_shape(estimator, (s, d))
+        _check_3d_shape(estimator, X.shape, n_tokens, reset)
         X3 = X
     else:
         n, f = (int(v) for v in X.shape)

@@ -24,6 +24,20 @@ def _ndim(X):
         ) from exc
 
 
+def _check_3d_shape(estimator, shape, n_tokens, reset):
+    """A 3-D ``X``: no ``n_tokens`` at fit (it is for flattened input), and afterwards the
+    token shape seen at fit."""
+    n, s, d = (int(v) for v in shape)
+    if reset and n_tokens is not None and int(n_tokens) != s:
+        raise ValueError(
+            f"n_tokens={n_tokens} contradicts X of shape {tuple(shape)}, which already has "
+            f"{s} tokens: n_tokens is for a flattened 2-D X (n_samples, n_tokens * "
+            "n_features). Leave n_tokens=None for 3-D input."
+        )
+    if not reset:
+        _check_token_shape(estimator, (s, d))
+
+
 def _split_columns(f, n_tokens):
     """``(n_tokens, n_features)`` of a flattened ``X`` with ``f`` columns at fit."""
     s = 1 if n_tokens is None else int(n_tokens)
@@ -72,14 +86,7 @@ def check_tokens(estimator, X, y=None, *, reset, n_tokens=None, require_y=False)
                 estimator=estimator,
             )
         n, s, d = X3.shape
-        if reset and n_tokens is not None and int(n_tokens) != s:
-            raise ValueError(
-                f"n_tokens={n_tokens} contradicts X of shape {X3.shape}, which already has "
-                f"{s} tokens: n_tokens is for a flattened 2-D X (n_samples, n_tokens * "
-                "n_features). Leave n_tokens=None for 3-D input."
-            )
-        if not reset:
-            _check_token_shape(estimator, (s, d))
+        _check_3d_shape(estimator, X3.shape, n_tokens, reset)
         flat = X3.reshape(n, s * d)
         if y is None:
             validate_data(estimator, flat, reset=reset, dtype=_FLOATS, ensure_all_finite=False)
