@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_gpu": [],
     "bench_real_tokens": [],
     "bench_dask": ["distributed"],
+    "bench_products": [],
 }
 
 
