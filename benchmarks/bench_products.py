@@ -108,7 +108,7 @@ def run_case(name, head, n_train, repeat, fits):
         "max_rel_diff": float(max(np.abs(new_f - ref_f).max() / (np.abs(ref_f).max() or 1.0),
                                   np.abs(new_a - ref_a).max() / scale)),
     }
-    del st, Phi
+    st = Phi = None  # free the features before the fits
     if fits:
         plain = _fit(est_cls, X, y, _plain())
         new = _fit(est_cls, X, y, (ops.features_times, ops.features_adjoint))
