@@ -5,7 +5,8 @@ gates, lifted operator and ``alpha_max``), then, in the same process, FISTA and 
 factored L-BFGS (``LiftedFactorOperator`` over that operator, what ``solver="auto"``
 takes when the lifted features are kept in memory) to the same ``tol`` and
 ``tol_scale``: iterations, seconds, whether each certified, the objectives, and the
-speed ratio. Results go to ``benchmarks/results/lifted_factors.json``.
+speed ratio; ``--memory 10,50`` also compares L-BFGS memories on the same operator.
+Results go to ``benchmarks/results/lifted_factors.json``.
 
 Data: ``../shared/data`` (SST-2 MiniLM tokens, Fashion-MNIST patches; see
 ``benchmarks/_real_data.py``) or the digits (no data folder needed).
@@ -45,7 +46,7 @@ def _data(name, n_train):
     return np.asarray(Xtr, dtype=np.float32), ytr
 
 
-def run_case(case, n_train, tol, tol_scale, max_iter):
+def run_case(case, n_train, tol, tol_scale, max_iter, memories=(50,)):
     from skconvexattn._factored import factored_solve
     from skconvexattn._factored_ops import LiftedFactorOperator
     from skconvexattn._solver import fista
@@ -60,10 +61,13 @@ def run_case(case, n_train, tol, tol_scale, max_iter):
     t0 = time.perf_counter()
     a = fista(st.op, st.datafit, st.Y, st.w, alpha, grad_at_zero=st.grad_at_zero, **kw)
     t_fista = time.perf_counter() - t0
-    t0 = time.perf_counter()
     op = LiftedFactorOperator(st.op, st.block_shape)
-    b = factored_solve(op, st.datafit, st.Y, st.w, alpha, **kw)
-    t_lbfgs = time.perf_counter() - t0
+    by_memory = {}
+    for m in memories:
+        t0 = time.perf_counter()
+        r = factored_solve(op, st.datafit, st.Y, st.w, alpha, memory=m, **kw)
+        by_memory[m] = (r, time.perf_counter() - t0)
+    b, t_lbfgs = by_memory[memories[-1]]
     return {
         "case": case, "n_train": int(len(y)), "alpha_ratio": float(ratio), "tol": tol,
         "tol_scale": tol_scale,
@@ -73,6 +77,10 @@ def run_case(case, n_train, tol, tol_scale, max_iter):
                           "certified": bool(b.converged), "objective": float(b.objective),
                           "heads_per_block": int(b.A.shape[1])},
         "speed_ratio": t_fista / t_lbfgs,
+        "lbfgs_memory": memories[-1],
+        "by_memory": {str(m): {"iterations": r.n_iter, "seconds": t, "certified": bool(r.converged),
+                               "objective": float(r.objective)}
+                      for m, (r, t) in by_memory.items()},
     }
 
 
@@ -84,6 +92,9 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--tol-scale", default="objective", choices=["objective", "null"])
     p.add_argument("--max-iter", type=int, default=5000)
+    p.add_argument("--memory", default="50",
+                   help="L-BFGS memories to compare, comma-separated (the last is reported "
+                        "against FISTA)")
     p.add_argument("--out", default=str(HERE / "results" / "lifted_factors.json"))
     args = p.parse_args(argv)
     rows = []
@@ -91,7 +102,8 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         for case in args.cases:
             try:
-                row = run_case(case, args.n_train, args.tol, args.tol_scale, args.max_iter)
+                row = run_case(case, args.n_train, args.tol, args.tol_scale, args.max_iter,
+                               tuple(int(m) for m in args.memory.split(",")))
             except FileNotFoundError as exc:  # no ../shared/data here
                 print(f"{case}: skipped ({exc})")
                 continue
@@ -101,6 +113,9 @@ def main(argv=None):
                   f"{'cert' if f['certified'] else 'NOT '} | L-BFGS {g['iterations']:5d} it "
                   f"{g['seconds']:8.1f} s {'cert' if g['certified'] else 'NOT '} | "
                   f"x{row['speed_ratio']:.1f}", flush=True)
+            for m, r in row["by_memory"].items():
+                print(f"{'':22s}   L-BFGS memory {m:>3s}: {r['iterations']:5d} it "
+                      f"{r['seconds']:8.1f} s {'cert' if r['certified'] else 'NOT '}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump({"rows": rows, "argv": sys.argv[1:]}, fh, indent=1)

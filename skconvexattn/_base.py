@@ -489,17 +489,23 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Floats of scratch memory per sample of one factored product with ``r`` heads."""
         return 0
 
+    def _lbfgs_bytes(self):
+        """The L-BFGS pairs' share of ``memory_budget`` (a quarter): large factors keep
+        fewer pairs (see :func:`~skconvexattn._factored.factored_solve`)."""
+        return self.memory_budget * 1024**3 / 4
+
     def _factored_bytes(self, n, s, d, c, itemsize, heads=_PLAN_HEADS):
         """Memory of the factored solver with ``heads`` heads per block: the tokens (and
-        their zero-padded copy), the per-sample gate data, and the L-BFGS state (2 x 10
-        curvature pairs and about 8 more copies of the factors)."""
+        their zero-padded copy), the per-sample gate data, about 8 copies of the factors,
+        and the L-BFGS pairs (float64, 50 of them at most, within :meth:`_lbfgs_bytes`)."""
         a_shape = self._factor_a_shape(s, d)
         if a_shape is None:
             return math.inf
         P = self._n_convex_blocks()
         factors = P * heads * (math.prod(a_shape) + d * c)
         data = n * s * d * 2 + n * P * (2 * d + s)
-        return itemsize * (28 * factors + data + self._factor_scratch(s, d, c, heads))
+        pairs = min(2 * 50 * 8 * factors, max(self._lbfgs_bytes(), 2 * 3 * 8 * factors))
+        return itemsize * (8 * factors + data + self._factor_scratch(s, d, c, heads)) + pairs
 
     def _choose_solver(self, n, s, d, c, dtype):
         """How this fit is solved, from the ``solver`` parameter: ``"fista"`` (proximal
@@ -589,7 +595,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
             A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
-            verbose=self.verbose, warn=False, interruptible=True,
+            memory_bytes=self._lbfgs_bytes(), verbose=self.verbose, warn=False,
+            interruptible=True,
         )
         if not res.converged and not res.interrupted:
             self._warn_not_converged(res)

@@ -75,6 +75,22 @@ def _tdot(x, y, xp):
     return sum(_dot(a, b, xp) for a, b in zip(x, y))
 
 
+def _flatten(parts, xp):
+    """The arrays ``parts`` as one float64 vector."""
+    return xp.concat([xp.reshape(xp.astype(v, xp.float64), (-1,)) for v in parts])
+
+
+def _unflatten(vec, like, xp):
+    """Split ``vec`` into arrays shaped like ``like`` (arrays or shapes)."""
+    out, start = [], 0
+    for v in like:
+        shape = tuple(getattr(v, "shape", v))
+        size = math.prod(shape)
+        out.append(xp.reshape(vec[start:start + size], shape))
+        start += size
+    return out
+
+
 def _host(*values):
     """Several 0-d arrays as Python floats, in one transfer."""
     xp = get_namespace(values[0])
@@ -272,14 +288,92 @@ class _Objective:
 
 
 class _LBFGS:
-    """L-BFGS (two-loop recursion, Armijo backtracking) whose memory survives between
-    calls and across rank growth (stored pairs are padded with zero heads: they stay
-    valid curvature pairs on the old coordinates)."""
+    """L-BFGS (compact form, Armijo backtracking) whose memory survives between calls and
+    across rank growth (stored pairs are padded with zero heads: they stay valid
+    curvature pairs on the old coordinates).
 
-    def __init__(self, memory, xp, rounding):
-        self.memory, self.xp, self.rounding = memory, xp, rounding
-        self.S, self.Y, self.rho = [], [], []
+    The pairs live as rows of two float64 ring buffers ``S`` and ``Y`` (``cap x N``, ``N``
+    the number of variables), with their Gram matrices ``S Y^T`` and ``Y Y^T`` (factor and
+    intercept parts apart) updated by one row per new pair: adding a pair costs three
+    matrix-vector products with the buffers, a direction four (:meth:`direction`).
+    ``cap`` is ``memory``, lowered so that the buffers stay under ``max_bytes``.
+    """
+
+    def __init__(self, memory, xp, rounding, max_bytes=None):
+        self.memory, self.xp, self.rounding = int(memory), xp, rounding
+        self.max_bytes = max_bytes
         self.gamma = (1.0, 1.0, 1.0)
+        self.reset()
+
+    def reset(self):
+        """Forget every pair."""
+        self._S = self._Y = self._SY = self._YYf = self._YYb = None
+        self._order = []  # physical rows, oldest first
+        self._shapes = None
+        self._select = None
+
+    def __len__(self):
+        return len(self._order)
+
+    def _capacity(self, N):
+        cap = self.memory
+        if self.max_bytes is not None:
+            cap = min(cap, max(3, int(self.max_bytes // (16 * max(N, 1)))))
+        return max(cap, 1)
+
+    def _allocate(self, shapes):
+        xp, f64 = self.xp, self.xp.float64
+        N = sum(math.prod(sh) for sh in shapes)
+        cap = self._capacity(N)
+        self._S = xp.zeros((cap, N), dtype=f64)
+        self._Y = xp.zeros((cap, N), dtype=f64)
+        self._SY = xp.zeros((cap, cap), dtype=f64)
+        self._YYf = xp.zeros((cap, cap), dtype=f64)
+        self._YYb = xp.zeros((cap, cap), dtype=f64)
+        self._order, self._shapes, self._select = [], [tuple(sh) for sh in shapes], None
+
+    def add_pair(self, s, y):
+        """Store the pair ``s`` (step) and ``y`` (gradient change), lists ``[A, B, b]``;
+        the oldest goes when the buffers are full."""
+        xp = self.xp
+        shapes = [tuple(v.shape) for v in s]
+        if self._S is None or shapes != self._shapes:
+            self._allocate(shapes)
+        sf, yf = _flatten(s, xp), _flatten(y, xp)
+        cap, N = self._S.shape
+        n_b = math.prod(shapes[2])
+        if len(self._order) < cap:
+            k = next(i for i in range(cap) if i not in self._order)
+        else:
+            k = self._order.pop(0)
+        self._S[k, :] = sf
+        self._Y[k, :] = yf
+        col = self._S @ yf  # s_i . y_new
+        row = self._Y @ sf  # s_new . y_i
+        self._SY[:, k] = col
+        self._SY[k, :] = row
+        yy = self._Y @ yf
+        yy_b = self._Y[:, N - n_b:] @ yf[N - n_b:]
+        self._YYb[:, k] = yy_b
+        self._YYb[k, :] = yy_b
+        self._YYf[:, k] = yy - yy_b
+        self._YYf[k, :] = yy - yy_b
+        self._order.append(k)
+        self._select = None
+
+    def _rebuild(self, transform):
+        """Apply ``transform`` (on ``[A, B, b]``) to every stored pair, oldest first."""
+        if not self._order:
+            self._S = None
+            return
+        xp = self.xp
+        pairs = []
+        for k in self._order:
+            pairs.append((transform(_unflatten(self._S[k, :], self._shapes, xp)),
+                          transform(_unflatten(self._Y[k, :], self._shapes, xp))))
+        self._S = None
+        for s_, y_ in pairs:
+            self.add_pair(s_, y_)
 
     def pad(self, r_new):
         """Give every stored pair zero columns up to ``r_new`` heads."""
@@ -293,47 +387,53 @@ class _LBFGS:
             zb = xp.zeros((v[1].shape[0], extra) + tuple(v[1].shape[2:]), dtype=v[1].dtype)
             return [xp.concat([v[0], za], axis=1), xp.concat([v[1], zb], axis=1), v[2]]
 
-        self.S = [grow(v) for v in self.S]
-        self.Y = [grow(v) for v in self.Y]
+        self._rebuild(grow)
 
     def take(self, idx):
         """Keep only the heads ``idx`` in the stored pairs."""
         xp = self.xp
-
-        def sub(v):
-            return [xp.take(v[0], idx, axis=1), xp.take(v[1], idx, axis=1), v[2]]
-
-        self.S = [sub(v) for v in self.S]
-        self.Y = [sub(v) for v in self.Y]
+        self._rebuild(lambda v: [xp.take(v[0], idx, axis=1), xp.take(v[1], idx, axis=1), v[2]])
 
     def direction(self, g):
-        """``-H g`` by the two-loop recursion; its scalars stay on the device (0-d
-        arrays, cast to the iterate's dtype), so it costs no host transfer."""
+        """``-H g``, with ``H`` the L-BFGS inverse Hessian in its compact form (Byrd,
+        Nocedal and Schnabel 1994): with the ``m`` pairs as rows of ``S`` and ``Y``,
+        ``H_0 = diag(h)`` (the factors' and the intercept's scales apart), ``R`` the upper
+        triangle of ``S Y^T`` and ``D`` its diagonal,
+
+            H g = h g + S^T (R^-T (D + Y H_0 Y^T) R^-1 S g - R^-T Y (h g)) - h Y^T R^-1 S g.
+
+        Four matrix-vector products with the buffers and two ``m x m`` solves: the
+        two-loop recursion's direction without its ``4 m`` small vector operations, which
+        dominated the iteration on small blocks. No host transfer."""
         xp = self.xp
         dt = g[0].dtype
-
-        def scaled(c, arrays):
-            return [xp.astype(c, dt) * a for a in arrays]
-
-        q = list(g)
-        coefs = []
-        for s_, y_, r_ in zip(reversed(self.S), reversed(self.Y), reversed(self.rho)):
-            a_ = r_ * _tdot(s_, q, xp)
-            coefs.append(a_)
-            q = [qi - yi for qi, yi in zip(q, scaled(a_, y_))]
-        if self.S:
-            # s.y / y.y of the newest pair, for the factors and the intercept apart (host,
-            # known at update): the intercept is O(1) whatever the scale of X, the heads
-            # are not, and one scale for both slows L-BFGS on unnormalised data
-            one = xp.ones((), dtype=xp.float64)
-            q = [xp.astype(gm * one, dt) * qi for gm, qi in zip(self.gamma, q)]
-        else:
-            gamma = 1.0 / xp.maximum(xp.sqrt(_tdot(g, g, xp)), xp.asarray(1e-300))
-            q = scaled(gamma * xp.ones((), dtype=xp.float64), q)
-        for s_, y_, r_, a_ in zip(self.S, self.Y, self.rho, reversed(coefs)):
-            b_ = r_ * _tdot(y_, q, xp)
-            q = [qi + si for qi, si in zip(q, scaled(a_ - b_, s_))]
-        return [-qi for qi in q]
+        f64 = xp.float64
+        gf = _flatten(g, xp)
+        if not self._order:
+            gamma = 1.0 / xp.maximum(xp.sqrt(xp.sum(gf * gf)), xp.asarray(1e-300, dtype=f64))
+            return [xp.astype(-v, dt) for v in _unflatten(gamma * gf, g, xp)]
+        cap, N = self._S.shape
+        n_b = math.prod(g[2].shape)
+        g_f, _, g_b = self.gamma
+        h = xp.concat([xp.full((N - n_b,), g_f, dtype=f64), xp.full((n_b,), g_b, dtype=f64)])
+        if self._select is None:  # (m, cap): row j picks the j-th oldest physical row
+            m = len(self._order)
+            sel = np.zeros((m, cap))
+            sel[np.arange(m), self._order] = 1.0
+            self._select = xp.asarray(sel, dtype=f64)
+        E = self._select
+        Et = xp.matrix_transpose(E)
+        hg = h * gf
+        p = E @ (self._S @ gf)
+        q = E @ (self._Y @ hg)
+        SY = E @ self._SY @ Et
+        YHY = E @ (g_f * self._YYf + g_b * self._YYb) @ Et
+        R = xp.triu(SY)
+        D = xp.linalg.diagonal(SY)
+        Rp = xp.linalg.solve(R, p[:, None])[:, 0]
+        c1 = xp.linalg.solve(xp.matrix_transpose(R), (D * Rp + YHY @ Rp - q)[:, None])[:, 0]
+        d = hg + (Et @ c1) @ self._S - h * ((Et @ Rp) @ self._Y)
+        return [xp.astype(-v, dt) for v in _unflatten(d, g, xp)]
 
     def run(self, fun, x, F, g, O, *, max_iter, deadline, stats):
         """At most ``max_iter`` iterations from ``x``; returns the new point, value,
@@ -346,7 +446,7 @@ class _LBFGS:
             direc = self.direction(g)
             slope = _host(_tdot(g, direc, xp))[0]
             if not slope < 0:  # not a descent direction: forget the curvature pairs
-                self.S, self.Y, self.rho = [], [], []
+                self.reset()
                 direc = self.direction(g)
                 slope = _host(_tdot(g, direc, xp))[0]
                 if not slope < 0:
@@ -377,15 +477,11 @@ class _LBFGS:
                 _dot(s_[2], y_[2], xp), _dot(y_[2], y_[2], xp),
             )
             if sy > 1e-10 * math.sqrt(ss * yy):
-                self.S.append(s_)
-                self.Y.append(y_)
-                self.rho.append(1.0 / sy)
+                self.add_pair(s_, y_)
                 sy_f, yy_f = sy - sy_b, yy - yy_b
                 g_f = sy_f / yy_f if sy_f > 0 and yy_f > 0 else sy / yy
                 g_b = sy_b / yy_b if sy_b > 0 and yy_b > 0 else sy / yy
                 self.gamma = (g_f, g_f, g_b)
-                if len(self.S) > self.memory:
-                    self.S.pop(0), self.Y.pop(0), self.rho.pop(0)
             x, F, g, O, Fh = xn, Fn, gn, On, Fnh
         return x, F, g, O, False
 
@@ -402,7 +498,8 @@ def factored_solve(
     tol=1e-4,
     tol_scale="null",
     check_every=20,
-    memory=10,
+    memory=50,
+    memory_bytes=None,
     A_init=None,
     B_init=None,
     intercept_init=None,
@@ -434,7 +531,13 @@ def factored_solve(
     check_every : int
         L-BFGS iterations between certificates.
     memory : int
-        L-BFGS memory (pairs).
+        L-BFGS memory (pairs). Measured on real tokens (``docs/factored.rst``): 50 pairs
+        took 3x fewer seconds than 10 on SST-2 self-attention (fewer iterations and line
+        search steps), and the compact form keeps their cost to a few matrix-vector
+        products per iteration.
+    memory_bytes : float or None
+        Cap on the pairs' float64 buffers (``2 x memory x N x 8`` bytes for ``N``
+        variables): fewer pairs are kept when the factors are large (at least 3).
     A_init, B_init, intercept_init : arrays or None
         Warm start (factors of shape ``(P, r) + a_shape`` and ``(P, r, d, c)``).
     max_time : float or None
@@ -473,7 +576,8 @@ def factored_solve(
                "relative_gap": [], "null_relative_gap": []}
     stats = {"iterations": 0}
     # relative rounding of the objective (float64 accumulation of dtype products)
-    lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps))
+    lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps),
+                   max_bytes=memory_bytes)
     reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
     best_dual = -math.inf
     v_start = None

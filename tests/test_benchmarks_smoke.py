@@ -219,9 +219,12 @@ def test_lifted_factors_on_digits(tmp_path):
     program, to the same objective within the tolerance, and the JSON says so."""
     module = importlib.import_module("bench_lifted_factors")
     out = tmp_path / "lf.json"
-    module.main(["--cases", "digits:mlp:0.1", "--n-train", "300", "--out", str(out)])
+    module.main(["--cases", "digits:mlp:0.1", "--n-train", "300", "--memory", "5,50",
+                 "--out", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
     f, g = row["fista"], row["lbfgs_factors"]
     assert f["certified"] and g["certified"]
     assert g["objective"] == pytest.approx(f["objective"], rel=2e-4)
+    assert set(row["by_memory"]) == {"5", "50"}
+    assert all(r["certified"] for r in row["by_memory"].values())
     assert row["speed_ratio"] > 0 and g["heads_per_block"] >= 1

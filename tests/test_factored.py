@@ -342,3 +342,100 @@ def test_factored_refuses_beyond_budget():
     with pytest.raises(ValueError, match=r"factored solver needs about .* memory_budget=0.01"):
         est.fit(X, y)
     assert not hasattr(est, "gates_")
+
+
+def _two_loop(S, Y, gamma, g):
+    """Reference: the textbook two-loop recursion with H_0 = diag(gamma per part)."""
+    flat = lambda parts: np.concatenate([np.ravel(p) for p in parts])  # noqa: E731
+    q = flat(g)
+    Sf, Yf = [flat(s) for s in S], [flat(y) for y in Y]
+    rho = [1.0 / (s @ y) for s, y in zip(Sf, Yf)]
+    n_b = g[2].size
+    h = np.concatenate([np.full(q.size - n_b, gamma[0]), np.full(n_b, gamma[2])])
+    coefs = []
+    for s, y, r in zip(reversed(Sf), reversed(Yf), reversed(rho)):
+        a = r * (s @ q)
+        coefs.append(a)
+        q = q - a * y
+    q = h * q
+    for s, y, r, a in zip(Sf, Yf, rho, reversed(coefs)):
+        q = q + (a - r * (y @ q)) * s
+    return -q
+
+
+@pytest.mark.parametrize("m", [1, 3, 12])
+def test_lbfgs_compact_direction_is_the_two_loop_recursion(m):
+    # the GEMM-shaped compact form (Byrd, Nocedal and Schnabel) is the same inverse
+    # Hessian as the two-loop recursion, with the factors' and intercept's scales apart
+    from array_api_compat import numpy as xp
+
+    rng = np.random.default_rng(m)
+    shapes = [(2, 3, 4), (2, 3, 2, 3), (3,)]
+    H = rng.standard_normal((2 * 3 * 4 + 2 * 3 * 2 * 3 + 3,) * 2)
+    H = H @ H.T + np.eye(H.shape[0])  # curvature pairs of a convex quadratic: s.y > 0
+
+    def split(v):
+        out, i = [], 0
+        for sh in shapes:
+            k = int(np.prod(sh))
+            out.append(v[i:i + k].reshape(sh))
+            i += k
+        return out
+
+    memory = max(m - 2, 1)  # the buffer wraps around: only the newest `memory` pairs count
+    lb = _factored._LBFGS(memory, xp, 1e-12)
+    S, Y = [], []
+    for _ in range(m):
+        sv = rng.standard_normal(H.shape[0])
+        S.append(split(sv))
+        Y.append(split(H @ sv))
+        lb.add_pair(S[-1], Y[-1])
+    lb.gamma = (0.7, 0.7, 1.9)
+    g = split(rng.standard_normal(H.shape[0]))
+    got = np.concatenate([np.ravel(v) for v in lb.direction(g)])
+    ref = _two_loop(S[-memory:], Y[-memory:], lb.gamma, g)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    assert got @ np.concatenate([np.ravel(v) for v in g]) < 0  # a descent direction
+
+
+def test_lbfgs_pairs_follow_rank_growth_and_pruning():
+    # pad / take rewrite the stored pairs on the new heads: the direction equals the
+    # two-loop recursion on pairs padded (or cut) by hand
+    from array_api_compat import numpy as xp
+
+    rng = np.random.default_rng(5)
+
+    def rand(r):
+        return [rng.standard_normal((2, r, 3)), rng.standard_normal((2, r, 2, 2)),
+                rng.standard_normal(2)]
+
+    lb = _factored._LBFGS(4, xp, 1e-12)
+    S, Y = [], []
+    for _ in range(3):
+        s_ = rand(2)
+        y_ = [v + 0.1 * w for v, w in zip(s_, rand(2))]  # s.y > 0
+        S.append(s_)
+        Y.append(y_)
+        lb.add_pair(s_, y_)
+    lb.gamma = (0.5, 0.5, 2.0)
+
+    def pad(v):
+        return [np.concatenate([v[0], np.zeros((2, 1, 3))], 1),
+                np.concatenate([v[1], np.zeros((2, 1, 2, 2))], 1), v[2]]
+
+    lb.pad(3)
+    g = rand(3)
+    got = np.concatenate([np.ravel(v) for v in lb.direction(g)])
+    ref = _two_loop([pad(v) for v in S], [pad(v) for v in Y], lb.gamma, g)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    idx = np.array([0, 2])
+    lb.take(idx)
+
+    def cut(v):
+        v = pad(v)
+        return [v[0][:, idx], v[1][:, idx], v[2]]
+
+    g = rand(2)
+    got = np.concatenate([np.ravel(v) for v in lb.direction(g)])
+    ref = _two_loop([cut(v) for v in S], [cut(v) for v in Y], lb.gamma, g)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
