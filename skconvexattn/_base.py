@@ -30,6 +30,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from array_api_compat import is_cupy_namespace, is_numpy_namespace
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Bunch, check_random_state
@@ -47,8 +48,8 @@ from ._fit_inputs import (
     _normalised_weights,
     _same_gate_key,
 )
-from ._factored import balanced_heads, block_spectra, factored_solve
-from ._factored_ops import LiftedFactorOperator, chunk_rows_for
+from ._factored import balanced_heads, block_spectra, factor_nuclear_norms, factored_solve
+from ._factored_ops import LiftedFactorOperator, cast_operator, chunk_rows_for, floating_bytes
 from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
 from ._params import DEFAULT_ALPHA_RATIO, PARAMETER_DOCS, head_signature, make_init
@@ -591,13 +592,17 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             b_init = backend.asarray(self.intercept_.astype(dtype))
             if lifted and A0.shape[1] > 0:  # the solver's intercept: on centred features
                 b_init = b_init + st.op.intercept_shift(A0, B0)
+        refine = self._float64_refinement(st)
         res = factored_solve(
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
             A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
             memory_bytes=self._lbfgs_bytes(), verbose=self.verbose, warn=False,
-            interruptible=True,
+            interruptible=True, stop_at_precision=refine is not None,
         )
+        res.history["dtype"] = [str(np.dtype(dtype))] * len(res.history["iteration"])
+        if refine is not None and res.precision_limited and not res.interrupted:
+            res = self._refine_in_float64(st, refine, alpha, res)
         if not res.converged and not res.interrupted:
             self._warn_not_converged(res)
         A2, B2, S = balanced_heads(res.A, res.B)
@@ -641,6 +646,78 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             # the point reached and its certificate are kept; the interrupt goes on
             raise KeyboardInterrupt
         return self
+
+    def _float64_refinement(self, st):
+        """The float64 copy of the factor operator that a float32 factored fit continues
+        on when its certificate stalls at float32's precision, or ``None``: float64
+        input, a Dask or other operator that cannot be cast, or a copy that would take
+        more than half of ``memory_budget``. Built lazily (see :meth:`_refine_in_float64`)."""
+        xp = get_namespace(st.Y)
+        if st.dtype != np.float32 or not (is_numpy_namespace(xp) or is_cupy_namespace(xp)):
+            return None
+        if not getattr(st.op, "castable", False):
+            return None
+        if floating_bytes(st.op) > self.memory_budget * 1024**3 / 2:
+            return None
+        return lambda: cast_operator(st.op, xp.float64)
+
+    def _refine_in_float64(self, st, refine, alpha, res):
+        """Continue the float32 factored fit ``res`` in float64 products (at most the
+        iterations and time left) and return the combined result: float32 products round
+        the gradient to about ``eps * sum_i |w_i theta_i Phi_i|``, which near an
+        interpolating optimum holds the certificate a few ``1e-4`` above the objective's
+        tolerance however long L-BFGS runs (``docs/factored.rst``)."""
+        left = self.max_iter - res.n_iter
+        t_left = self._max_time_left
+        spent = res.history["time"][-1] if res.history["time"] else 0.0
+        if t_left is not None:
+            t_left = t_left - spent
+        if left <= 0 or (t_left is not None and t_left <= 0):
+            return res
+        op64 = refine()
+        if op64 is None:
+            return res
+        xp = get_namespace(st.Y)
+        f64 = xp.float64
+        res64 = factored_solve(
+            op64, st.datafit, xp.astype(st.Y, f64), xp.astype(st.w, f64), float(alpha),
+            fit_intercept=self.fit_intercept, max_iter=left, tol=self.tol,
+            tol_scale=self._tol_scale(), A_init=xp.astype(res.A, f64),
+            B_init=xp.astype(res.B, f64), intercept_init=xp.astype(res.intercept, f64),
+            max_time=t_left, memory_bytes=self._lbfgs_bytes(), verbose=self.verbose,
+            warn=False, interruptible=True,
+        )
+        h, h64 = res.history, res64.history
+        for key in h:
+            if key == "dtype":
+                continue
+            extra = h64.get(key, [])
+            if key == "iteration":
+                extra = [res.n_iter + v for v in extra]
+            elif key == "time":
+                extra = [spent + v for v in extra]
+            h[key] = list(h[key]) + list(extra)
+        h["dtype"] = list(h["dtype"]) + ["float64"] * len(h64["iteration"])
+        # the point is returned in float32, as the input: its certificate is that of the
+        # rounded factors, their objective evaluated in float64 against the float64 dual
+        A, B, b = (xp.astype(v, st.dtype) for v in (res64.A, res64.B, res64.intercept))
+        Y64, w64 = xp.astype(st.Y, f64), xp.astype(st.w, f64)
+        O = xp.zeros_like(Y64) + xp.astype(b, f64)[None, :]
+        if A.shape[1] > 0:
+            O = O + op64.forward(xp.astype(A, f64), xp.astype(B, f64))
+        nuc = float(factor_nuclear_norms(A, B).sum()) if A.shape[1] > 0 else 0.0
+        primal = float(to_numpy(st.datafit.value(O, Y64, w64))) + alpha * nuc
+        gap = max(primal - res64.dual_objective, 0.0)
+        scale = res64.null_objective if self._tol_scale() == "null" else abs(primal)
+        h["objective"][-1], h["dual_gap"][-1] = primal, gap
+        h["relative_gap"][-1] = gap / max(abs(primal), 1e-300)
+        h["null_relative_gap"][-1] = gap / max(res64.null_objective, 1e-300)
+        res64.A, res64.B, res64.intercept = A, B, b
+        res64.objective, res64.dual_gap = primal, gap
+        res64.converged = gap <= self.tol * scale
+        res64.history = h
+        res64.n_iter = res.n_iter + res64.n_iter
+        return res64
 
     def _factor_logits(self, X3):
         backend = resolve_device(self.device, for_predict=True)

@@ -26,15 +26,19 @@ sample ``i``; padding tokens are zero rows of ``X`` and carry zero gate masks.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from ._backend import get_namespace
 
-__all__ = ["AttentionFactorOperator", "LiftedFactorOperator", "MixerFactorOperator"]
+__all__ = ["AttentionFactorOperator", "LiftedFactorOperator", "MixerFactorOperator",
+           "cast_operator", "floating_bytes"]
 
 
 class _FactorOperator:
     """Shared chunking and the fused value-and-gradient pass."""
+
+    castable = True  # see cast_operator
 
     def __init__(self, X, inv_len, chunk_rows):
         self.xp = get_namespace(X)
@@ -85,7 +89,6 @@ class _FactorOperator:
         between the forward and the backward products); otherwise the forward pass runs
         first and the backward pass recomputes them chunk by chunk.
         """
-        xp = self.xp
         if self.chunk_rows >= self.n_samples:
             K = self._keys(0, self.n_samples, A)
             V = self._values(0, self.n_samples, B)
@@ -300,6 +303,8 @@ class LiftedFactorOperator:
     operator's (its features may be centred).
     """
 
+    castable = True  # see cast_operator
+
     def __init__(self, op, block_shape, a_shape=None):
         self.op = op
         self.P, self.R, self.d = (int(v) for v in block_shape)
@@ -360,3 +365,51 @@ class LiftedFactorOperator:
         gB = xp.reshape(xp.matmul(self._flat(A), G), B.shape)
         gb = w @ theta
         return f, gA, gB, gb, O
+
+
+def cast_operator(op, dtype):
+    """A copy of the operator ``op`` whose floating arrays are cast to ``dtype`` (its
+    products then run in that precision), or ``None`` when ``op`` (or an operator it
+    wraps) is not one of the in-memory operators that allow it (a Dask operator, say).
+
+    Arrays are cast whole (the feature map of chunked lifted features computes from the
+    cast tokens); caches are dropped. The caller bounds the memory: see
+    :func:`floating_bytes`.
+    """
+    if not getattr(op, "castable", False):
+        return None
+    new = copy.copy(op)
+    for key, value in vars(op).items():
+        if getattr(value, "castable", False):
+            inner = cast_operator(value, dtype)
+            if inner is None:
+                return None
+            setattr(new, key, inner)
+        elif callable(getattr(value, "forward", None)):
+            return None  # wraps an operator that cannot be cast
+        elif _is_floating(value):
+            setattr(new, key, get_namespace(value).astype(value, dtype))
+        elif isinstance(value, dict):
+            setattr(new, key, {})
+    return new
+
+
+def floating_bytes(op, itemsize=8):
+    """Bytes of ``op``'s floating arrays (and those of the operators it wraps) at
+    ``itemsize`` bytes per number: the memory :func:`cast_operator` allocates."""
+    total = 0
+    for value in vars(op).values():
+        if getattr(value, "castable", False):
+            total += floating_bytes(value, itemsize)
+        elif _is_floating(value):
+            total += math.prod(value.shape) * itemsize
+    return total
+
+
+def _is_floating(value):
+    if not (hasattr(value, "dtype") and hasattr(value, "shape")):
+        return False
+    try:
+        return bool(get_namespace(value).isdtype(value.dtype, "real floating"))
+    except TypeError:  # not an array of a namespace
+        return False

@@ -174,6 +174,8 @@ class LiftedOperator:
         Lipschitz constant. :meth:`intercept_shift` maps the intercept back.
     """
 
+    castable = True  # the arrays may be cast (see _factored_ops.cast_operator)
+
     def __init__(self, feature_map, X, block_shape, chunk_rows=None, center=None, build_rows=None):
         self.xp = get_namespace(X)
         self.feature_map = feature_map
@@ -287,6 +289,7 @@ class GatedTokenOperator:
     """
 
     plan_name = "matrix-free"
+    castable = True  # the arrays may be cast (see _factored_ops.cast_operator)
 
     def __init__(self, X, D, center=None):
         xp = self.xp = get_namespace(X)

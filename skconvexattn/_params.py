@@ -180,7 +180,11 @@ PARAMETER_DOCS = {
             The smallest ``alpha`` giving the all-zero model, from the gradient at zero
             (:meth:`compute_alpha_max` gives it without a fit).
         convergence_ : dict
-            ``iteration``, ``objective``, ``dual_gap``, ``time`` at every gap evaluation.
+            ``iteration``, ``objective``, ``dual_gap``, ``time``, ``relative_gap`` (to
+            the objective) and ``null_relative_gap`` (to the intercept-only loss) at
+            every gap evaluation; the factored solver adds ``rank`` (heads per block)
+            and ``dtype`` (the precision of the products: a float32 fit whose
+            certificate stalls at float32's precision continues in float64).
         token_shape_ : tuple (n_tokens, n_features)
         n_features_in_ : int
             ``n_tokens * n_features``.
