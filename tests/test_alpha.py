@@ -123,8 +123,16 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     assert sel["method"] == "holdout"
     assert sel["ratios"] == list(AUTO_RATIOS[: len(sel["ratios"])])
     assert sel["n_validation"] == round(VALIDATION_FRACTION * len(y))
-    best = int(np.argmax(sel["scores"]))  # the first best: ties go to the larger ratio
-    assert sel["ratio"] == sel["ratios"][best] == est.alpha_ratio_
+    # the largest ratio within half a standard error of the best held-out accuracy
+    from skconvexattn._auto_alpha import SE_FRACTION
+
+    top = max(sel["scores"])
+    se = np.sqrt(top * (1 - top) / sel["n_validation"])
+    assert sel["standard_error"] == pytest.approx(se)
+    assert sel["threshold"] == pytest.approx(top - SE_FRACTION * se)
+    first = next(i for i, sc in enumerate(sel["scores"]) if sc >= top - SE_FRACTION * se)
+    assert sel["ratio"] == sel["ratios"][first] == est.alpha_ratio_
+    assert all(sc < sel["threshold"] for sc in sel["scores"][:first])
     assert est.alpha_ == pytest.approx(est.alpha_ratio_ * est.alpha_max_, rel=1e-12)
     # the final fit is the fixed-ratio fit on all samples at the chosen ratio
     fixed = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=est.alpha_ratio_)

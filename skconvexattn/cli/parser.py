@@ -59,7 +59,7 @@ examples:
 
 {heads}
 Options left out take the estimator's defaults (activation gated_relu, 8 gates, tol 1e-4,
-1000 iterations, alpha = alpha_ratio * alpha_max_), except --random-state (0). The model
+3000 iterations, alpha = alpha_ratio * alpha_max_), except --random-state (0). The model
 (with --scale/--pca, the whole pipeline) is saved with skops (.joblib/.pkl: joblib,
 loadable with --trust only); its fitted attributes are NumPy arrays, so a model fitted on
 a GPU loads and predicts on a machine without one. Ctrl-C saves the iterate reached, with
@@ -265,7 +265,7 @@ def _fit_parser(sub, heads):
     p.add_argument("--tol", type=_non_negative_float,
                    help="relative duality gap to stop at (default 1e-4)")
     p.add_argument("--max-iter", type=_positive_int, metavar="N",
-                   help="iteration cap of the solver (default 1000)")
+                   help="iteration cap of the solver (default 3000)")
     p.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                    help="stop the solver after this many seconds, like --max-iter")
     p.add_argument("--loss", choices=["log_loss", "squared_error"],
