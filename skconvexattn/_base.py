@@ -679,8 +679,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             return res
         xp = get_namespace(st.Y)
         f64 = xp.float64
+        Y64, w64 = xp.astype(st.Y, f64), xp.astype(st.w, f64)
         res64 = factored_solve(
-            op64, st.datafit, xp.astype(st.Y, f64), xp.astype(st.w, f64), float(alpha),
+            op64, st.datafit, Y64, w64, float(alpha),
             fit_intercept=self.fit_intercept, max_iter=left, tol=self.tol,
             tol_scale=self._tol_scale(), A_init=xp.astype(res.A, f64),
             B_init=xp.astype(res.B, f64), intercept_init=xp.astype(res.intercept, f64),
@@ -701,7 +702,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         # the point is returned in float32, as the input: its certificate is that of the
         # rounded factors, their objective evaluated in float64 against the float64 dual
         A, B, b = (xp.astype(v, st.dtype) for v in (res64.A, res64.B, res64.intercept))
-        Y64, w64 = xp.astype(st.Y, f64), xp.astype(st.w, f64)
         O = xp.zeros_like(Y64) + xp.astype(b, f64)[None, :]
         if A.shape[1] > 0:
             O = O + op64.forward(xp.astype(A, f64), xp.astype(B, f64))
