@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_real_tokens": [],
     "bench_dask": ["distributed"],
     "bench_products": [],
+    "bench_defaults": [],
 }
 
 
