@@ -90,7 +90,8 @@ def adam_run(torch, f, P, m, d, c, lr, seed, steps, time_budget):
 
 def adam_loop(torch, params, loss, lr, steps, time_budget, objective=None, eval_every=1):
     """Adam on ``params`` minimising ``loss(k)`` (the loss of step ``k``: full batch or a
-    mini-batch). Returns the elapsed optimisation time and the best objective so far at
+    mini-batch; a tensor to differentiate, or a float when ``loss`` accumulated the
+    gradients itself). Returns the elapsed optimisation time and the best objective so far at
     every record.
 
     ``objective=None`` (full batch): the recorded objective is the step's own loss (at the
@@ -104,11 +105,13 @@ def adam_loop(torch, params, loss, lr, steps, time_budget, objective=None, eval_
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         value = loss(k)
-        value.backward()
+        if torch.is_tensor(value):
+            value.backward()
+        # else loss(k) accumulated the gradients itself (in chunks) and returned a float
         opt.step()
         spent += time.perf_counter() - t0
         if objective is None:
-            fk = float(value.detach())
+            fk = float(value.detach()) if torch.is_tensor(value) else float(value)
         elif (k + 1) % eval_every == 0 or k == steps - 1 or spent > time_budget:
             with torch.no_grad():
                 fk = float(objective())

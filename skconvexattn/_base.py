@@ -344,14 +344,12 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self : object
             The fitted estimator.
         """
-        t_start = time.monotonic()
+        # max_time bounds the whole fit: the final solve gets what the choice of alpha and
+        # the set-up (gates, lifted features) left
+        self._deadline = None if self.max_time is None else time.monotonic() + self.max_time
         ratio, selection = self._choose_alpha_ratio(X, y, sample_weight)
-        # max_time bounds the whole fit: the final solve gets what the choice left
-        self._max_time_left = (
-            None if self.max_time is None
-            else max(self.max_time - (time.monotonic() - t_start), 1e-3)
-        )
         st = self._setup(X, y, sample_weight, reset=True)
+        self._max_time_left = self._time_left()
         P, R, L = st.block_shape
         c = st.classes.shape[0]
         dtype, backend, op, datafit = st.dtype, st.backend, st.op, st.datafit
@@ -455,6 +453,11 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             # the iterate reached and its certificate are kept; the interrupt goes on
             raise KeyboardInterrupt
         return self
+
+    def _time_left(self, floor=1e-3):
+        """Seconds left of ``max_time`` (at least ``floor``), or ``None`` without one."""
+        deadline = getattr(self, "_deadline", None)
+        return None if deadline is None else max(deadline - time.monotonic(), floor)
 
     # ------------------------------------------------------------------ factored path
     def _tol_scale(self):
@@ -668,15 +671,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         interpolating optimum holds the certificate a few ``1e-4`` above the objective's
         tolerance however long L-BFGS runs (``docs/factored.rst``)."""
         left = self.max_iter - res.n_iter
-        t_left = self._max_time_left
         spent = res.history["time"][-1] if res.history["time"] else 0.0
-        if t_left is not None:
-            t_left = t_left - spent
+        t_left = self._time_left(floor=0.0)
         if left <= 0 or (t_left is not None and t_left <= 0):
             return res
         op64 = refine()
         if op64 is None:
             return res
+        t_left = self._time_left()  # the cast counts against max_time
         xp = get_namespace(st.Y)
         f64 = xp.float64
         Y64, w64 = xp.astype(st.Y, f64), xp.astype(st.w, f64)

@@ -258,6 +258,26 @@ def test_max_time_stops_like_max_iter(cls, data, solver, monkeypatch):
     assert 0 < est.dual_gap_ and np.isfinite(est.objective_)
 
 
+@pytest.mark.parametrize("solver", ["fista", "factored"])
+def test_max_time_counts_the_set_up(data, solver, monkeypatch):
+    """``max_time`` bounds the whole fit: a set-up (gates, lifted features) that takes the
+    whole budget leaves the solver a millisecond, not ``max_time`` again."""
+    X, y = data
+    est = small(ConvexSelfAttentionClassifier, alpha_ratio=1e-3, tol=1e-12, max_iter=100000,
+                max_time=0.3, solver=solver)
+    setup = type(est)._setup
+
+    def slow_setup(self, *args, **kwargs):
+        time.sleep(0.35)
+        return setup(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(est), "_setup", slow_setup)
+    with pytest.warns(ConvergenceWarning, match="max_time=0.3"):
+        est.fit(X, y)
+    assert est.convergence_["time"][-1] < 0.1  # the solver's own clock
+    assert est.n_iter_ < 50
+
+
 def test_fista_max_time_keyword(data):
     X, y = data
     est = small(ConvexSelfAttentionClassifier, solver="fista")
