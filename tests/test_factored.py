@@ -105,6 +105,32 @@ def test_block_spectra_equal_svd(kind, exact_max):
     np.testing.assert_allclose(uGv, ref, rtol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lanczos_stops_early_once_the_top_triple_converged(dtype, monkeypatch):
+    """Lanczos stops before its step limit once every block's top Ritz triple has a tiny
+    residual, with the top singular value to the tolerance of its precision."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((60, 5, 8))
+    X[:, :, 0] *= 4.0  # a dominant direction: a well separated top singular value
+    op, lifted, _ = _operators("attention", True, X.astype(dtype), P=2)
+    T = rng.standard_normal((60, 3)).astype(dtype)
+    ref = np.linalg.svd(lifted.adjoint(T.astype(np.float64)), compute_uv=False)[:, 0]
+    trace = []
+    monkeypatch.setattr(_factored, "_LANCZOS_TRACE", trace)
+    sig, u, v = block_spectra(op, T, n_steps=24, exact_max=0)  # min(R, L c) = 24
+    steps = trace[-1][0]
+    assert steps < 24
+    rtol = _factored.LANCZOS_RTOL if dtype == np.float64 else 8 * np.finfo(np.float32).eps
+    assert trace[-1][1] <= rtol
+    np.testing.assert_allclose(sig, ref, rtol=1e-9 if dtype == np.float64 else 1e-5)
+    assert np.allclose(np.linalg.norm(u.reshape(2, -1), axis=1), 1.0, rtol=1e-5)
+    # the same answer as the full Krylov space
+    monkeypatch.setattr(_factored, "LANCZOS_RTOL", 0.0)
+    monkeypatch.setattr(_factored, "LANCZOS_MIN_STEPS", 10**6)
+    full = block_spectra(op, T, n_steps=25, exact_max=0)[0]
+    np.testing.assert_allclose(sig, full, rtol=1e-9 if dtype == np.float64 else 1e-5)
+
+
 def test_lanczos_few_steps_is_a_lower_bound():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((40, 5, 6))
