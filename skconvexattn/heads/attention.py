@@ -96,7 +96,7 @@ class SelfAttentionNetwork(RecoveredNetwork):
 
     architecture = "self_attention"
     _gate_buffers = ("H", "c")
-    _work_per_head = staticmethod(lambda s, d: 2 * s * (s + d))
+    _work_per_head = staticmethod(lambda s, d: 4 * s + 6 * d)
 
     @staticmethod
     def _factor_shapes(s, d, c):
@@ -117,11 +117,29 @@ class SelfAttentionNetwork(RecoveredNetwork):
 
     @classmethod
     def _head_outputs(cls, xp, X0, real, t):
-        Xb = X0[:, None, :, :]  # (n, 1, s, d)
-        scores = (Xb @ t["W1"][None, ...]) @ xp.matrix_transpose(Xb)  # X W_1j X^T: (n, m, s, s)
-        pooled = xp.sum(cls._masks(xp, X0, real, t) * scores, axis=2)  # 1^T (M o .): (n, m, s)
-        values = Xb @ t["W2"][None, ...]  # X W_2j: (n, m, s, c)
-        return xp.sum((pooled[:, :, None, :] @ values)[:, :, 0, :], axis=1)
+        # 1^T (M o X W_1j X^T) without the (s, s) scores: column t' of the masked scores sums
+        # x_t^T W_1j x_t' over the real tokens t on the side of t', so it is
+        # k_sigma^T x_t' with the key k_sigma = W_1j^T S_sigma of that side's token sum
+        # S_sigma. O(d^2 + s d) per sample and head instead of O(s^2 d), and no (n, m, s, s)
+        # tensors (the recovered network trains in torch at the convex head's cost)
+        if "gate_H" in t:
+            side = head_gate_masks(xp, token_sides(X0, t["gate_H"], t["gate_c"]), t["head_gate"], 2)
+            side = xp.permute_dims(side, (0, 2, 1)) * real[:, None, :]  # (n, m, s)
+            sides = (side, real[:, None, :] - side)
+        else:
+            sides = (real[:, None, :],)  # one side: every real token
+        XT = xp.matrix_transpose(X0)  # (n, d, s)
+        W1, W2 = t["W1"], t["W2"]
+        m, d = W1.shape[0], W1.shape[1]
+        pooled = None
+        for on in sides:
+            S = xp.permute_dims(on @ X0, (1, 0, 2))  # token sums, head-major: (m, n, d)
+            K = xp.permute_dims(S @ W1, (1, 0, 2))  # keys S^T W_1j, one GEMM per head
+            part = on * (K @ XT)  # k^T x_t' for the tokens t' on that side: (n, m, s)
+            pooled = part if pooled is None else pooled + part
+        H = pooled @ X0  # sum_t' pooled_t' x_t': (n, m, d)
+        # sum_j H_j W_2j: one GEMM over (head, feature)
+        return xp.reshape(H, (H.shape[0], m * d)) @ xp.reshape(W2, (m * d, W2.shape[2]))
 
     def attention_masks(self, X):
         """Same-side masks ``M_p[t, t']`` of every gate: ``(n, P, s, s)`` (ones if linear),
