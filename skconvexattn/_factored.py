@@ -280,13 +280,13 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=None):
 
 
 #: Lanczos stops early (before ``n_steps``) once the top Ritz value of every block has a
-#: residual below LANCZOS_RTOL (8 float32 epsilons for float32 products) times itself;
-#: checked every LANCZOS_CHECK_EVERY steps from
-#: LANCZOS_MIN_STEPS on (each check moves ``P`` numbers per step to the host)
+#: residual below LANCZOS_RTOL (8 float32 epsilons for float32 products) times itself,
+#: checked every LANCZOS_CHECK_EVERY steps from LANCZOS_MIN_STEPS on (each check moves the
+#: ``P x steps`` Lanczos coefficients to the host)
 LANCZOS_RTOL = 1e-9
-_LANCZOS_TRACE = None  # a list to record (step, max relative residual) at each check
 LANCZOS_MIN_STEPS = 4
 LANCZOS_CHECK_EVERY = 2
+_LANCZOS_TRACE = None  # tests set a list: (step, max relative residual) at each check
 
 
 def _bidiagonal(al, be):
