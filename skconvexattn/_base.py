@@ -54,6 +54,7 @@ from ._gates import token_moments
 from ._operator import LiftedOperator, plan_memory
 from ._params import DEFAULT_ALPHA_RATIO, PARAMETER_DOCS, head_signature, make_init
 from ._penalty import BlockNuclearNorm
+from ._progress import ContinuedReporter, make_reporter
 from ._solver import alpha_max, fista, prior_and_start
 from ._validation import check_tokens
 
@@ -596,16 +597,20 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             if lifted and A0.shape[1] > 0:  # the solver's intercept: on centred features
                 b_init = b_init + st.op.intercept_shift(A0, B0)
         refine = self._float64_refinement(st)
+        # one progress report for the fit, its float64 continuation included
+        reporter = make_reporter(self.verbose, self.tol, self.max_iter,
+                                 max_time=self._max_time_left)
         res = factored_solve(
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
             A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
-            memory_bytes=self._lbfgs_bytes(), verbose=self.verbose, warn=False,
+            memory_bytes=self._lbfgs_bytes(), reporter=reporter, warn=False,
             interruptible=True, stop_at_precision=refine is not None,
         )
         res.history["dtype"] = [str(np.dtype(dtype))] * len(res.history["iteration"])
         if refine is not None and res.precision_limited and not res.interrupted:
-            res = self._refine_in_float64(st, refine, alpha, res)
+            res = self._refine_in_float64(st, refine, alpha, res, reporter)
+        reporter.close(res.converged)
         if not res.converged and not res.interrupted:
             self._warn_not_converged(res)
         A2, B2, S = balanced_heads(res.A, res.B)
@@ -664,7 +669,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             return None
         return lambda: cast_operator(st.op, xp.float64)
 
-    def _refine_in_float64(self, st, refine, alpha, res):
+    def _refine_in_float64(self, st, refine, alpha, res, reporter):
         """Continue the float32 factored fit ``res`` in float64 products (at most the
         iterations and time left) and return the combined result: float32 products round
         the gradient to about ``eps * sum_i |w_i theta_i Phi_i|``, which near an
@@ -687,8 +692,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             fit_intercept=self.fit_intercept, max_iter=left, tol=self.tol,
             tol_scale=self._tol_scale(), A_init=xp.astype(res.A, f64),
             B_init=xp.astype(res.B, f64), intercept_init=xp.astype(res.intercept, f64),
-            max_time=t_left, memory_bytes=self._lbfgs_bytes(), verbose=self.verbose,
-            warn=False, interruptible=True,
+            max_time=t_left, memory_bytes=self._lbfgs_bytes(),
+            reporter=ContinuedReporter(reporter, res.n_iter), warn=False, interruptible=True,
         )
         h, h64 = res.history, res64.history
         for key in h:

@@ -558,6 +558,7 @@ def factored_solve(
     n_lanczos=30,
     random_state=0,
     verbose=0,
+    reporter=None,
     warn=True,
     interruptible=False,
     stop_at_precision=False,
@@ -595,7 +596,12 @@ def factored_solve(
     max_time : float or None
         Seconds after which the solver stops like at ``max_iter``.
     n_lanczos : int
-        Lanczos steps per spectral norm.
+        Lanczos steps per spectral norm (at most: it stops once the top triple converged).
+    verbose : int
+        Progress reports (see :func:`~skconvexattn._progress.make_reporter`).
+    reporter : reporter or None
+        Report to this one instead (``verbose`` is then ignored) and leave it open: the
+        caller closes it, e.g. after a continuation of this solve.
     interruptible : bool
         On :class:`KeyboardInterrupt`, return the last point L-BFGS accepted with its
         certificate (``interrupted`` is set) instead of propagating it.
@@ -638,7 +644,9 @@ def factored_solve(
     # relative rounding of the objective (float64 accumulation of dtype products)
     lbfgs = _LBFGS(memory, xp, 64 * float(np.finfo(to_numpy(Y[:1]).dtype).eps),
                    max_bytes=memory_bytes)
-    reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
+    own_reporter = reporter is None
+    if own_reporter:
+        reporter = make_reporter(verbose, tol, max_iter, max_time=max_time)
     best_dual = -math.inf
     v_start = None
     converged = stalled = timed_out = interrupted = precision_limited = False
@@ -722,7 +730,8 @@ def factored_solve(
             # the last accepted point, certified at the top of the loop, then returned
             interrupted = True
             O = fun([A, B, b])[2] if A.shape[1] > 0 else xp.zeros_like(Y) + b[None, :]
-    reporter.close(converged)
+    if own_reporter:
+        reporter.close(converged)
     if not converged and warn and not interrupted and not (stop_at_precision and precision_limited):
         warnings.warn(
             f"The factored solver stopped before the requested duality gap (relative gap "

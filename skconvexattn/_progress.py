@@ -223,3 +223,20 @@ def make_reporter(verbose, tol, max_iter, max_time=None):
         return NullReporter()
     bar = int(verbose) == 1 and _is_terminal(sys.stderr)
     return ProgressReporter(tol, max_iter, max_time, bar=bar)
+
+
+class ContinuedReporter:
+    """A reporter for a solve that continues another one: iterations are counted on from
+    ``offset`` in ``inner``, and closing is left to the owner of ``inner`` (one progress
+    bar or log for both stretches, e.g. a float32 fit continued in float64)."""
+
+    def __init__(self, inner, offset):
+        self.inner = inner
+        self.offset = int(offset)
+
+    def update(self, iteration, objective, relative_gap):
+        """Report the gap evaluation at ``offset + iteration``."""
+        self.inner.update(self.offset + iteration, objective, relative_gap)
+
+    def close(self, converged):
+        """Left to the owner of the inner reporter."""

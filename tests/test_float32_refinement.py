@@ -53,6 +53,20 @@ def test_float32_fit_continues_in_float64_and_certifies(cls, digits32):
     assert est.objective_ == pytest.approx(ref.objective_, rel=2e-6)
 
 
+def test_one_progress_report_for_both_precisions(digits32, capsys):
+    """verbose reports the float32 stretch and its float64 continuation as one run: the
+    iterations count on, and one closing line ends it."""
+    X, y = digits32
+    est = _head(ConvexMLPClassifier, verbose=2).fit(X, y)
+    assert est.convergence_["dtype"][-1] == "float64"  # the continuation ran
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[skconv")]
+    closing = [ln for ln in lines if "converged:" in ln or "stopped before tol" in ln]
+    assert len(closing) == 1 and lines[-1] == closing[0]
+    assert f"converged: {est.n_iter_} iterations" in closing[0]
+    its = [int(ln.split("iter")[1].split()[0]) for ln in lines if " iter " in ln]
+    assert its == sorted(its) and its[-1] == est.n_iter_
+
+
 @pytest.mark.parametrize("cls", [ConvexMLPClassifier, ConvexFNOClassifier])
 def test_without_the_float64_continuation_float32_stalls(cls, digits32, monkeypatch):
     # what the continuation buys: the same float32 fit stays above tol for 600 iterations
