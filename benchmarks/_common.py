@@ -160,6 +160,16 @@ def quiet():
     return cm
 
 
+def timed_fit(est, X, y):
+    """Fit ``est`` once; return the seconds and the sorted names of the warning classes it
+    emitted (recorded, not shown)."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y)
+    return time.perf_counter() - t0, sorted({type(w.message).__name__ for w in caught})
+
+
 # ----------------------------------------------------------------------------- data
 def make_data(n, s, d, c=2, seed=0):
     """Token data with a planted relational label (``make_token_clusters``)."""

@@ -27,11 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from . import _common as C
+except ImportError:  # run as a script
+    import _common as C
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SKCONVEXATTN_DATA", HERE.parent.parent / "shared" / "data"))
@@ -79,11 +83,7 @@ def run_case(cls, Xtr, ytr, Xte, yte, *, solver, alpha, device, max_time, max_it
               tol_scale="null", max_iter=max_iter, device=device)
     if "max_time" in est.get_params():
         est.set_params(max_time=max_time)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        est.fit(Xtr, ytr)
-    fit_s = time.perf_counter() - t0
+    fit_s, caught = C.timed_fit(est, Xtr, ytr)
     h = est.convergence_
     setup = fit_s - h["time"][-1]
     t3 = _first_time(h, "relative_gap", 1e-3)
@@ -102,7 +102,7 @@ def run_case(cls, Xtr, ytr, Xte, yte, *, solver, alpha, device, max_time, max_it
         "alpha": alpha, "alpha_max": float(est.alpha_max_),
         "test_accuracy": float(est.score(Xte, yte)),
         "train_accuracy": float(est.score(Xtr, ytr)),
-        "warnings": sorted({type(w.message).__name__ for w in caught}),
+        "warnings": caught,
     }
 
 

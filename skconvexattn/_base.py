@@ -350,7 +350,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         self._deadline = None if self.max_time is None else time.monotonic() + self.max_time
         ratio, selection = self._choose_alpha_ratio(X, y, sample_weight)
         st = self._setup(X, y, sample_weight, reset=True)
-        self._max_time_left = self._time_left()
         P, R, L = st.block_shape
         c = st.classes.shape[0]
         dtype, backend, op, datafit = st.dtype, st.backend, st.op, st.datafit
@@ -429,7 +428,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             grad_at_zero=st.grad_at_zero,
             verbose=self.verbose,
             warn=False,
-            max_time=self._max_time_left,
+            max_time=self._time_left(),
             interruptible=True,
         )
         if not res.converged and not res.interrupted:
@@ -598,12 +597,12 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 b_init = b_init + st.op.intercept_shift(A0, B0)
         refine = self._float64_refinement(st)
         # one progress report for the fit, its float64 continuation included
-        reporter = make_reporter(self.verbose, self.tol, self.max_iter,
-                                 max_time=self._max_time_left)
+        t_left = self._time_left()
+        reporter = make_reporter(self.verbose, self.tol, self.max_iter, max_time=t_left)
         res = factored_solve(
             st.op, st.datafit, st.Y, st.w, float(alpha), fit_intercept=self.fit_intercept,
             max_iter=self.max_iter, tol=self.tol, tol_scale=self._tol_scale(),
-            A_init=A0, B_init=B0, intercept_init=b_init, max_time=self._max_time_left,
+            A_init=A0, B_init=B0, intercept_init=b_init, max_time=t_left,
             memory_bytes=self._lbfgs_bytes(), reporter=reporter, warn=False,
             interruptible=True, stop_at_precision=refine is not None,
         )
