@@ -493,6 +493,45 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Floats of scratch memory per sample of one factored product with ``r`` heads."""
         return 0
 
+    def _chunked_factor_operator(self, gates, X, c):
+        """The head's factor operator on ``X``, its products in chunks of samples whose
+        scratch memory (:meth:`_factor_scratch`, for the heads the factors have at that
+        product) takes at most a quarter of ``memory_budget``: one chunk while the model
+        has few heads."""
+        n, s, d = (int(v) for v in X.shape)
+        itemsize = X.dtype.itemsize
+        budget = self.memory_budget * 1024**3 / 4
+        scratch = self._factor_scratch
+
+        def rows_for(r, c):
+            return chunk_rows_for(n, scratch(s, d, c, max(int(r), 1)), itemsize, budget)
+
+        op = self._factor_operator(gates, X, rows_for(32, c))  # reported in memory_plan_
+        op.rows_for = rows_for
+        return op
+
+    #: heads per block at which the cost model compares the two factored paths: about
+    #: what a fit at the ratio ``alpha_ratio="auto"`` chooses ends with (measured on the
+    #: real tokens of ``docs/factored.rst``)
+    _typical_heads = 8
+
+    def _matrix_free_crossover(self, s, d, c):
+        """Heads per block at which one value-and-gradient pass of the matrix-free products
+        costs what one pass through the materialised lifted features does (measured on
+        2 CPU cores, ``docs/factored.rst``). ``solver="auto"`` takes the matrix-free
+        products when :attr:`_typical_heads` is at most this; 0: never."""
+        return 0
+
+    def _factor_kept(self, n, s, d, itemsize):
+        """Floats the factor operator keeps besides the tokens: the per-sample gate data
+        (token sums and sides of self-attention, by default)."""
+        return n * self._n_convex_blocks() * (2 * d + s)
+
+    def _factor_cache_bytes(self):
+        """Bytes a factor operator may keep to save recomputing per-sample data at every
+        product (the Mixer's gate masks): a quarter of ``memory_budget``."""
+        return self.memory_budget * 1024**3 / 4
+
     def _lbfgs_bytes(self):
         """The L-BFGS pairs' share of ``memory_budget`` (a quarter): large factors keep
         fewer pairs (see :func:`~skconvexattn._factored.factored_solve`)."""
@@ -507,7 +546,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             return math.inf
         P = self._n_convex_blocks()
         factors = P * heads * (math.prod(a_shape) + d * c)
-        data = n * s * d * 2 + n * P * (2 * d + s)
+        data = n * s * d * 2 + self._factor_kept(n, s, d, itemsize)
         pairs = min(2 * 50 * 8 * factors, max(self._lbfgs_bytes(), 2 * 3 * 8 * factors))
         return itemsize * (8 * factors + data + self._factor_scratch(s, d, c, heads)) + pairs
 
@@ -546,7 +585,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if not free:  # factors through the lifted features, or FISTA on chunks (auto)
             return "factored-lifted" if solver == "factored" or plan.materialised else "fista"
         if solver == "auto" and plan is not None and plan.materialised:
-            return "factored-lifted"
+            fast = self._typical_heads <= self._matrix_free_crossover(s, d, c)
+            return "factored" if fast and need <= budget else "factored-lifted"
         if need > budget:
             if solver == "auto":
                 return "fista"
@@ -561,11 +601,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _factored_setup(self, gates, X, Y, w, datafit, c):
         """The factor operator of ``X`` and ``alpha_max`` from the spectra of the
         gradient blocks at zero (exact on small blocks, Lanczos otherwise)."""
-        n, s, d = X.shape
         xp = get_namespace(X)
-        budget = self.memory_budget * 1024**3 / 4
-        chunk = chunk_rows_for(n, self._factor_scratch(s, d, c, 32), X.dtype.itemsize, budget)
-        op = self._factor_operator(gates, X, chunk)
+        op = self._chunked_factor_operator(gates, X, c)
         prior, b0 = prior_and_start(datafit, Y, w, self.fit_intercept)
         T0 = w[:, None] * datafit.raw_gradient(xp.zeros_like(Y) + b0[None, :], Y)
         sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
@@ -730,16 +767,23 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         n, s, d = X3.shape
         dtype = X3.dtype
         c = self.classes_.shape[0]
+        A, B = self.factors_["A"], self.factors_["B"]
+        # the tokens (and their zero-padded copy), the data the operator keeps, the
+        # factors and one sample's scratch: below that no chunking helps
+        need = dtype.itemsize * (
+            2 * n * s * d + self._factor_kept(n, s, d, dtype.itemsize) + A.size + B.size
+            + self._factor_scratch(s, d, c, max(A.shape[1], 1))
+        )
+        if need > self.memory_budget * 1024**3:
+            raise ValueError(
+                f"{type(self).__name__}: predicting {n} samples on the factors needs about "
+                f"{need / 1024**3:.3g} GiB, more than memory_budget={self.memory_budget:g} "
+                f"GiB. Reduce the samples per call (predict in batches) or "
+                f"{self._reduce_hint}, or raise memory_budget if the machine has the memory."
+            )
         gates = {k: backend.asarray(v.astype(dtype)) for k, v in self.gates_.items()}
-        r = self.factors_["A"].shape[1]
-        chunk = chunk_rows_for(
-            n, self._factor_scratch(s, d, c, r), dtype.itemsize, self.memory_budget * 1024**3 / 4
-        )
-        op = self._factor_operator(gates, backend.asarray(X3), chunk)
-        O = op.forward(
-            backend.asarray(self.factors_["A"].astype(dtype)),
-            backend.asarray(self.factors_["B"].astype(dtype)),
-        )
+        op = self._chunked_factor_operator(gates, backend.asarray(X3), c)
+        O = op.forward(backend.asarray(A.astype(dtype)), backend.asarray(B.astype(dtype)))
         return to_numpy(O + backend.asarray(self.intercept_.astype(dtype))[None, :])
 
     # ------------------------------------------------------------------ predict

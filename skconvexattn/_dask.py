@@ -505,7 +505,6 @@ class _Builder:
         self.budget_gib, self.scale_exp = budget_gib, scale_exp
 
     def __call__(self, X, y_enc, w):
-        from ._factored_ops import chunk_rows_for
         from ._operator import plan_memory
 
         est = self.est
@@ -522,9 +521,7 @@ class _Builder:
         wd = backend.asarray(np.asarray(w, dtype=dtype))
         gates = {k: backend.asarray(np.asarray(v).astype(dtype)) for k, v in self.gates.items()}
         if self.kind == "factored":
-            budget = self.budget_gib * 1024**3 / 4
-            chunk = chunk_rows_for(m, est._factor_scratch(s, d, c, 32), dtype.itemsize, budget)
-            op = est._factor_operator(gates, Xd, chunk)
+            op = est._chunked_factor_operator(gates, Xd, c)  # est: a clone, same budget
             plan = f"factored, chunks of {op.chunk_rows}"
         else:
             P, R, L = self.block_shape

@@ -46,10 +46,15 @@ class _FactorOperator:
         self.n_samples, self.s, self.d = (int(v) for v in X.shape)
         self.inv_len = inv_len
         self.chunk_rows = int(chunk_rows) if chunk_rows else self.n_samples
+        #: ``rows_for(r, c)``: samples per chunk of a product with ``r`` heads per block
+        #: and ``c`` outputs (set by the head from its scratch memory and budget); when
+        #: ``None``, every product takes ``chunk_rows``
+        self.rows_for = None
 
-    def _chunks(self):
-        for a in range(0, self.n_samples, self.chunk_rows):
-            yield a, min(a + self.chunk_rows, self.n_samples)
+    def _chunks(self, r, c):
+        rows = self.chunk_rows if self.rows_for is None else max(1, int(self.rows_for(r, c)))
+        for a in range(0, self.n_samples, rows):
+            yield a, min(a + rows, self.n_samples)
 
     # heads implement _keys(a, b, A), _values(a, b, B), _contract(a, b, K, V),
     # _grad_a_chunk(a, b, V, T), _grad_b_chunk(a, b, K, T)
@@ -59,7 +64,7 @@ class _FactorOperator:
         xp = self.xp
         parts = [
             self._contract(a, b, self._keys(a, b, A), self._values(a, b, B))
-            for a, b in self._chunks()
+            for a, b in self._chunks(A.shape[1], B.shape[-1])
         ]
         O = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
         return O * self.inv_len[:, None]
@@ -68,7 +73,7 @@ class _FactorOperator:
         """``Grad_p vec(B_pj)`` reshaped like ``A`` (``T``: ``(n, c)`` weighted gradients)."""
         G = None
         Ts = T * self.inv_len[:, None]
-        for a, b in self._chunks():
+        for a, b in self._chunks(B.shape[1], T.shape[1]):
             part = self._grad_a_chunk(a, b, self._values(a, b, B), Ts[a:b])
             G = part if G is None else G + part
         return G
@@ -77,7 +82,7 @@ class _FactorOperator:
         """``Grad_p^T vec(A_pj)`` reshaped like ``B``."""
         G = None
         Ts = T * self.inv_len[:, None]
-        for a, b in self._chunks():
+        for a, b in self._chunks(A.shape[1], T.shape[1]):
             part = self._grad_b_chunk(a, b, self._keys(a, b, A), Ts[a:b])
             G = part if G is None else G + part
         return G
@@ -89,7 +94,8 @@ class _FactorOperator:
         between the forward and the backward products); otherwise the forward pass runs
         first and the backward pass recomputes them chunk by chunk.
         """
-        if self.chunk_rows >= self.n_samples:
+        whole = next(self._chunks(A.shape[1], Y.shape[1]))[1] >= self.n_samples
+        if whole:
             K = self._keys(0, self.n_samples, A)
             V = self._values(0, self.n_samples, B)
             O = self._contract(0, self.n_samples, K, V) * self.inv_len[:, None]
@@ -217,6 +223,12 @@ class MixerFactorOperator(_FactorOperator):
     ``A_pj X_i`` (one GEMM over all samples), masked and pooled over tokens, then one GEMM
     with the stacked ``B``.
 
+    Everything per sample is held gate-major with the samples' features as columns,
+    ``(P, r, s, m d)``, the layout of the token-mixing GEMM's output: the masks multiply
+    it and the adjoint's GEMM reads it without a transposed copy. The gate masks are
+    computed once and kept when they take at most ``cache_bytes`` (``P s n d`` numbers);
+    otherwise they are recomputed chunk by chunk at every product.
+
     Parameters
     ----------
     X : array (n, s, d)
@@ -227,9 +239,11 @@ class MixerFactorOperator(_FactorOperator):
     n_blocks : int
     inv_len : array (n,)
     chunk_rows : int or None
+    cache_bytes : float, default=0
+        Largest size of the kept masks, in bytes.
     """
 
-    def __init__(self, X, masks, n_blocks, inv_len, chunk_rows=None):
+    def __init__(self, X, masks, n_blocks, inv_len, chunk_rows=None, cache_bytes=0):
         super().__init__(X, inv_len, chunk_rows)
         self.masks = masks
         self.P = int(n_blocks)
@@ -237,38 +251,52 @@ class MixerFactorOperator(_FactorOperator):
         xp = self.xp
         # tokens as columns: (s, n d), for the token-mixing GEMM over all samples
         self.Xc = xp.reshape(xp.permute_dims(X, (1, 0, 2)), (self.s, self.n_samples * self.d))
+        self.Mc = None
+        size = self.P * self.s * self.n_samples * self.d * X.dtype.itemsize
+        if masks is not None and size <= cache_bytes:
+            self.Mc = xp.astype(self._gate_major(0, self.n_samples), X.dtype)
 
-    def _mixed(self, a, b, A):
-        """``A_pj X_i``: ``(m, P, r, s, d)``."""
+    def _gate_major(self, a, b):
+        """The masks of samples ``a:b`` as ``(P', s, m d)`` (``P'``: 1 or ``P``)."""
         xp = self.xp
-        P, r, s, _ = A.shape
-        m, d = b - a, self.d
-        Y = xp.reshape(A, (P * r * s, s)) @ self.Xc[:, a * d : b * d]  # (P r s, m d)
-        return xp.permute_dims(xp.reshape(Y, (P, r, s, m, d)), (3, 0, 1, 2, 4))
+        M = self.masks(a, b)  # (m, P', s, d), or (m, P', s, 1) alike for every feature
+        m, Pm = M.shape[0], M.shape[1]
+        M = xp.broadcast_to(M, (m, Pm, self.s, self.d))
+        return xp.reshape(xp.permute_dims(M, (1, 2, 0, 3)), (Pm, self.s, m * self.d))
+
+    def _masks_of(self, a, b):
+        if self.masks is None:
+            return None
+        if self.Mc is not None:
+            return self.Mc[:, :, a * self.d : b * self.d]
+        return self._gate_major(a, b)
 
     def _keys(self, a, b, A):
-        """Pooled masked mixing ``sum_t M[t, f] (A X)[t, f]``: ``(m, P, r, d)``."""
+        """Pooled masked mixing ``sum_t M[t, f] (A X)[t, f]``: ``(P, r, m d)``."""
         xp = self.xp
-        Y = self._mixed(a, b, A)
-        if self.masks is None:
-            return xp.sum(Y, axis=3)
-        M = self.masks(a, b)  # (m, P, s, d)
-        return xp.sum(Y * M[:, :, None, :, :], axis=3)
+        P, r, s, _ = A.shape
+        Y = xp.reshape(xp.reshape(A, (P * r * s, s)) @ self.Xc[:, a * self.d : b * self.d],
+                       (P, r, s, (b - a) * self.d))
+        M = self._masks_of(a, b)
+        if M is not None:
+            Y *= M[:, None, :, :]
+        return xp.sum(Y, axis=2)
 
     def _values(self, a, b, B):
         return B
 
     def _contract(self, a, b, K, B):
         xp = self.xp
-        m, P, r, d = K.shape
-        c = B.shape[-1]
-        return xp.reshape(K, (m, P * r * d)) @ xp.reshape(B, (P * r * d, c))
+        P, r, c = B.shape[0], B.shape[1], B.shape[-1]
+        m, d = b - a, self.d
+        Km = xp.reshape(xp.permute_dims(xp.reshape(K, (P * r, m, d)), (1, 0, 2)), (m, P * r * d))
+        return Km @ xp.reshape(B, (P * r * d, c))
 
     def _grad_b_chunk(self, a, b, K, T):
         xp = self.xp
-        m, P, r, d = K.shape
-        c = T.shape[1]
-        G = xp.matrix_transpose(xp.reshape(K, (m, P * r * d))) @ T
+        P, r = K.shape[0], K.shape[1]
+        m, d, c = b - a, self.d, T.shape[1]
+        G = xp.matrix_transpose(xp.reshape(K, (P * r, m, d))) @ T  # (P r, d, c)
         return xp.reshape(G, (P, r, d, c))
 
     def _grad_a_chunk(self, a, b, B, T):
@@ -276,14 +304,15 @@ class MixerFactorOperator(_FactorOperator):
         xp = self.xp
         P, r, d, c = B.shape
         m, s = b - a, self.s
-        beta = xp.reshape(T @ xp.matrix_transpose(xp.reshape(B, (P * r * d, c))), (m, P, r, d))
-        if self.masks is None:
-            N = xp.broadcast_to(beta[:, :, :, None, :], (m, P, r, s, d))
+        beta = xp.reshape(B, (P * r, d, c)) @ xp.matrix_transpose(T)  # (P r, d, m)
+        beta = xp.reshape(xp.permute_dims(beta, (0, 2, 1)), (P, r, 1, m * d))
+        M = self._masks_of(a, b)
+        if M is None:
+            N = xp.broadcast_to(beta, (P, r, s, m * d))
         else:
-            N = self.masks(a, b)[:, :, None, :, :] * beta[:, :, :, None, :]  # (m, P, r, s, d)
-        Nm = xp.reshape(xp.permute_dims(N, (1, 2, 3, 0, 4)), (P * r * s, m * d))
-        Xt = xp.matrix_transpose(self.Xc[:, a * d : b * d])  # (m d, s)
-        return xp.reshape(Nm @ Xt, (P, r, s, s))
+            N = M[:, None, :, :] * beta  # (P, r, s, m d)
+        N = xp.reshape(N, (P * r * s, m * d))
+        return xp.reshape(N @ xp.matrix_transpose(self.Xc[:, a * d : b * d]), (P, r, s, s))
 
 
 def chunk_rows_for(n, per_sample_floats, itemsize, budget_bytes):

@@ -38,8 +38,9 @@ def _blocks(A, B):
     return np.einsum("pjr,pjc->prc", A.reshape(P, r, -1), B.reshape(P, r, -1))
 
 
-def _operators(kind, gated, X, P=2, seed=0, chunk=None):
-    """A factor operator and the lifted operator of the same head and gates."""
+def _operators(kind, gated, X, P=2, seed=0, chunk=None, cache=0):
+    """A factor operator and the lifted operator of the same head and gates (``cache``:
+    the bytes of gate masks the Mixer's operator may keep)."""
     rng = np.random.default_rng(seed)
     n, s, d = X.shape
     X0, real, counts = split_padding(X)
@@ -58,23 +59,25 @@ def _operators(kind, gated, X, P=2, seed=0, chunk=None):
     else:
         masks = lambda a, b: real[a:b, None, :, None]  # noqa: E731
         fmap = mixer_features
-    op = MixerFactorOperator(X0, masks, P if gated else 1, 1.0 / counts, chunk)
+    op = MixerFactorOperator(X0, masks, P if gated else 1, 1.0 / counts, chunk, cache)
     lifted = LiftedOperator(fmap, X, (P if gated else 1, s * s, d))
     return op, lifted, (s, s)
 
 
-@pytest.mark.parametrize("kind", ["attention", "mixer"])
+# the Mixer's operator with its gate masks recomputed per chunk (0) and kept (inf)
+@pytest.mark.parametrize("kind,cache", [("attention", 0), ("mixer", 0), ("mixer", np.inf)])
 @pytest.mark.parametrize("gated", [True, False])
 @pytest.mark.parametrize("chunk", [None, 3])
 @pytest.mark.parametrize("padded", [False, True])
-def test_products_equal_lifted(kind, gated, chunk, padded):
+def test_products_equal_lifted(kind, gated, chunk, padded, cache):
     rng = np.random.default_rng(1)
     n, s, d, c, r = 7, 5, 3, 2, 3
     X = rng.standard_normal((n, s, d))
     if padded:  # trailing padding for the Mixer (its documented case), any rows otherwise
         X[0, 3:] = np.nan
         X[4, 1 if kind == "attention" else 4] = np.nan
-    op, lifted, a_shape = _operators(kind, gated, X, chunk=chunk)
+    op, lifted, a_shape = _operators(kind, gated, X, chunk=chunk, cache=cache)
+    assert kind == "attention" or (op.Mc is not None) == bool(cache)
     P = lifted.block_shape[0]
     A = rng.standard_normal((P, r) + a_shape)
     B = rng.standard_normal((P, r, d, c))
@@ -263,18 +266,31 @@ def test_auto_takes_factored_where_lifted_is_refused():
 
 
 def test_auto_takes_lifted_factors_when_the_features_are_kept():
-    """The cost model: lifted features in memory -> factors through them; the same
-    features in chunks and no matrix-free products (FNO) -> FISTA; explicit "factored"
-    -> the matrix-free products of the heads that have them."""
+    """The cost model: lifted features in memory -> factors through them, unless the
+    head's matrix-free products are cheaper at its typical number of heads (the Mixer;
+    self-attention with many features and classes); the same features in chunks and no
+    matrix-free products (FNO) -> FISTA; explicit "factored" -> the matrix-free products
+    of the heads that have them."""
     X, y = _data()
-    est = ConvexMixerClassifier(alpha=0.05, n_gates=2, random_state=0).fit(X, y)
+    kw = dict(alpha=0.05, n_gates=2, random_state=0)
+    est = ConvexSelfAttentionClassifier(**kw).fit(X, y)  # few features, 2 classes
     assert est.solver_ == "factored"
     assert est.memory_plan_ == "factored, lifted features materialised"
     assert est.factors_["matrix_free"] is False
-    free = ConvexMixerClassifier(alpha=0.05, n_gates=2, random_state=0,
-                                 solver="factored").fit(X, y)
+    free = ConvexSelfAttentionClassifier(solver="factored", **kw).fit(X, y)
     assert free.memory_plan_.startswith("factored, chunks of")
     assert free.factors_["matrix_free"] is True
+    # the Mixer's matrix-free products cost less than its lifted ones from 2 classes on
+    est = ConvexMixerClassifier(**kw).fit(X, y)
+    assert est.solver_ == "factored" and est.factors_["matrix_free"] is True
+    # self-attention, 16 features and 8 classes: d c / 4 = 32 heads per gate
+    rng = np.random.default_rng(0)
+    X8 = rng.standard_normal((64, 3, 16))
+    y8 = np.arange(64) % 8
+    est = ConvexSelfAttentionClassifier(max_iter=5, **kw).fit(X8, y8)
+    assert est.factors_["matrix_free"] is True
+    est = ConvexSelfAttentionClassifier(max_iter=5, **kw).fit(X8[:, :, :15], y8)
+    assert est.factors_["matrix_free"] is False
     # an FNO whose lifted features only fit in chunks
     from skconvexattn import ConvexFNOClassifier
     from skconvexattn._operator import plan_memory

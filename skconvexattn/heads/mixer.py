@@ -298,6 +298,17 @@ class ConvexMixerClassifier(BaseConvexHead):
         P = self._n_convex_blocks()
         return 2 * P * r * s * d + P * s * d + 2 * s * d
 
+    def _matrix_free_crossover(self, s, d, c):
+        # a lifted pass reads P s^2 d numbers per sample and does s^2 d c multiply-adds,
+        # a matrix-free one about 3 s^2 d per head in GEMMs; on SST-2 (c = 2) the two tie
+        # at 8 heads per gate, the matrix-free is 3 times faster at 2 (docs/factored.rst)
+        return 4 * c
+
+    def _factor_kept(self, n, s, d, itemsize):
+        # the gate masks (P s d per sample), when kept (see MixerFactorOperator)
+        kept = self._n_convex_blocks() * n * s * d
+        return kept if kept * itemsize <= self._factor_cache_bytes() else 0
+
     def _factor_operator(self, gates, X, chunk_rows):
         xp = get_namespace(X)
         X0, real, counts = split_padding(X)
@@ -315,7 +326,8 @@ class ConvexMixerClassifier(BaseConvexHead):
 
         else:
             masks = None
-        return MixerFactorOperator(X0, masks, P, 1.0 / counts, chunk_rows)
+        return MixerFactorOperator(X0, masks, P, 1.0 / counts, chunk_rows,
+                                   cache_bytes=self._factor_cache_bytes())
 
     def _token_clusters(self, X):
         s = self.token_shape_[0]
