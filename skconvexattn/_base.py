@@ -510,18 +510,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         op.rows_for = rows_for
         return op
 
-    #: heads per block at which the cost model compares the two factored paths: about
-    #: what a fit at the ratio ``alpha_ratio="auto"`` chooses ends with (measured on the
-    #: real tokens of ``docs/factored.rst``)
-    _typical_heads = 8
-
-    def _matrix_free_crossover(self, s, d, c):
-        """Heads per block at which one value-and-gradient pass of the matrix-free products
-        costs what one pass through the materialised lifted features does (measured on
-        2 CPU cores, ``docs/factored.rst``). ``solver="auto"`` takes the matrix-free
-        products when :attr:`_typical_heads` is at most this; 0: never."""
-        return 0
-
     def _factor_kept(self, n, s, d, itemsize):
         """Floats the factor operator keeps besides the tokens: the per-sample gate data
         (token sums and sides of self-attention, by default)."""
@@ -585,8 +573,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if not free:  # factors through the lifted features, or FISTA on chunks (auto)
             return "factored-lifted" if solver == "factored" or plan.materialised else "fista"
         if solver == "auto" and plan is not None and plan.materialised:
-            fast = self._typical_heads <= self._matrix_free_crossover(s, d, c)
-            return "factored" if fast and need <= budget else "factored-lifted"
+            return "factored-lifted"
         if need > budget:
             if solver == "auto":
                 return "fista"

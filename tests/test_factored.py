@@ -266,31 +266,19 @@ def test_auto_takes_factored_where_lifted_is_refused():
 
 
 def test_auto_takes_lifted_factors_when_the_features_are_kept():
-    """The cost model: lifted features in memory -> factors through them, unless the
-    head's matrix-free products are cheaper at its typical number of heads (the Mixer;
-    self-attention with many features and classes); the same features in chunks and no
-    matrix-free products (FNO) -> FISTA; explicit "factored" -> the matrix-free products
-    of the heads that have them."""
+    """The cost model: lifted features in memory -> factors through them; the same
+    features in chunks and no matrix-free products (FNO) -> FISTA; explicit "factored"
+    -> the matrix-free products of the heads that have them."""
     X, y = _data()
     kw = dict(alpha=0.05, n_gates=2, random_state=0)
-    est = ConvexSelfAttentionClassifier(**kw).fit(X, y)  # few features, 2 classes
-    assert est.solver_ == "factored"
-    assert est.memory_plan_ == "factored, lifted features materialised"
-    assert est.factors_["matrix_free"] is False
-    free = ConvexSelfAttentionClassifier(solver="factored", **kw).fit(X, y)
-    assert free.memory_plan_.startswith("factored, chunks of")
-    assert free.factors_["matrix_free"] is True
-    # the Mixer's matrix-free products cost less than its lifted ones from 2 classes on
-    est = ConvexMixerClassifier(**kw).fit(X, y)
-    assert est.solver_ == "factored" and est.factors_["matrix_free"] is True
-    # self-attention, 16 features and 8 classes: d c / 4 = 32 heads per gate
-    rng = np.random.default_rng(0)
-    X8 = rng.standard_normal((64, 3, 16))
-    y8 = np.arange(64) % 8
-    est = ConvexSelfAttentionClassifier(max_iter=5, **kw).fit(X8, y8)
-    assert est.factors_["matrix_free"] is True
-    est = ConvexSelfAttentionClassifier(max_iter=5, **kw).fit(X8[:, :, :15], y8)
-    assert est.factors_["matrix_free"] is False
+    for cls in HEADS:
+        est = cls(**kw).fit(X, y)
+        assert est.solver_ == "factored"
+        assert est.memory_plan_ == "factored, lifted features materialised"
+        assert est.factors_["matrix_free"] is False
+        free = cls(solver="factored", **kw).fit(X, y)
+        assert free.memory_plan_.startswith("factored, chunks of")
+        assert free.factors_["matrix_free"] is True
     # an FNO whose lifted features only fit in chunks
     from skconvexattn import ConvexFNOClassifier
     from skconvexattn._operator import plan_memory
@@ -481,3 +469,16 @@ def test_lbfgs_pairs_follow_rank_growth_and_pruning():
     got = np.concatenate([np.ravel(v) for v in lb.direction(g)])
     ref = _two_loop([cut(v) for v in S], [cut(v) for v in Y], lb.gamma, g)
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", HEADS)
+def test_matrix_free_predictions_refuse_beyond_the_budget(cls):
+    """Predictions of a matrix-free fit plan their memory like the lifted ones: below the
+    tokens, factors and one sample's scratch, a clear refusal naming the budget."""
+    X, y = _data()
+    est = cls(alpha=0.05, n_gates=2, random_state=0, solver="factored").fit(X, y)
+    assert est.factors_["matrix_free"] is True
+    est.predict(X)
+    est.set_params(memory_budget=1e-9)
+    with pytest.raises(ValueError, match=r"more than memory_budget=1e-09 GiB.*predict in batches"):
+        est.predict(X)

@@ -96,9 +96,7 @@ def test_a_shape_must_hold_the_block_rows():
 
 @pytest.mark.parametrize("activation", ["gated_relu", "linear"])
 @pytest.mark.parametrize("cls", HEADS)
-def test_every_head_on_lifted_factors_equals_fista(cls, activation, monkeypatch):
-    # the cost model may prefer matrix-free products (the Mixer): the lifted path is tested
-    monkeypatch.setattr(cls, "_matrix_free_crossover", lambda self, s, d, c: 0)
+def test_every_head_on_lifted_factors_equals_fista(cls, activation):
     X, y = _data()
     kw = dict(alpha=0.05, n_gates=3, activation=activation, random_state=0, tol=1e-8,
               max_iter=20000, device="cpu")

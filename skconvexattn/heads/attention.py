@@ -255,16 +255,6 @@ class ConvexSelfAttentionClassifier(HyperplaneGatesMixin, BaseConvexHead):
     def _factor_a_shape(self, s, d):
         return (d, d)
 
-    # sentence tokens at the chosen ratio end with about 32 heads per gate
-    _typical_heads = 32
-
-    def _matrix_free_crossover(self, s, d, c):
-        # a lifted pass costs d^3 c per sample and gate, a matrix-free one about
-        # 4 d^2 + 2 s (d + c) per head: on SST-2 (d = 16, c = 2, 32 heads per gate) the
-        # matrix-free products are 4 times slower, on Fashion patches (d = 24, c = 10,
-        # 3 heads per gate) 2.5 times faster (docs/factored.rst)
-        return d * c / 4
-
     def _factor_scratch(self, s, d, c, r):
         # keys (P k r d twice), scores (s P k r), values and their products (2 s P r c)
         P = self._n_convex_blocks()

@@ -298,12 +298,6 @@ class ConvexMixerClassifier(BaseConvexHead):
         P = self._n_convex_blocks()
         return 2 * P * r * s * d + P * s * d + 2 * s * d
 
-    def _matrix_free_crossover(self, s, d, c):
-        # a lifted pass reads P s^2 d numbers per sample and does s^2 d c multiply-adds,
-        # a matrix-free one about 3 s^2 d per head in GEMMs; on SST-2 (c = 2) the two tie
-        # at 8 heads per gate, the matrix-free is 3 times faster at 2 (docs/factored.rst)
-        return 4 * c
-
     def _factor_kept(self, n, s, d, itemsize):
         # the gate masks (P s d per sample), when kept (see MixerFactorOperator)
         kept = self._n_convex_blocks() * n * s * d
