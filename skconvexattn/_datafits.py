@@ -86,10 +86,14 @@ class LogLoss:
     name = "log_loss"
     lipschitz = 0.5
 
+    def per_sample(self, O, Y):
+        """The loss of every sample, ``(n,)``."""
+        xp = get_namespace(O)
+        return _logsumexp(O, xp) - _row_sum(O * Y, xp)
+
     def value(self, O, Y, w):
         xp = get_namespace(O)
-        per_sample = _logsumexp(O, xp) - _row_sum(O * Y, xp)
-        return xp.sum(w * per_sample)
+        return xp.sum(w * self.per_sample(O, Y))
 
     def proba(self, O):
         xp = get_namespace(O)
@@ -147,10 +151,15 @@ class SquaredError:
     name = "squared_error"
     lipschitz = 1.0
 
-    def value(self, O, Y, w):
+    def per_sample(self, O, Y):
+        """The loss of every sample, ``(n,)``."""
         xp = get_namespace(O)
         R = O - Y
-        return 0.5 * xp.sum(w * _row_sum(R * R, xp))
+        return 0.5 * _row_sum(R * R, xp)
+
+    def value(self, O, Y, w):
+        xp = get_namespace(O)
+        return xp.sum(w * self.per_sample(O, Y))
 
     def raw_gradient(self, O, Y):
         return O - Y

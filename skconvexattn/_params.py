@@ -100,9 +100,10 @@ PARAMETER_DOCS = {
             over between data sets of any scale (``docs/alpha.rst``). ``"auto"``: with at
             least 500 samples (and 10 per class), a warm-started path of ``0.3, 0.1,
             0.03, ..., 0.001`` is fitted on a stratified 80 % of the training samples
-            (``random_state`` draws the split) and scored on the other 20 %; the largest
-            ratio within half a standard error of the best score is refitted on all
-            samples. Smaller data use 0.1. ``alpha_selection_`` records the choice.
+            (``random_state`` draws the split) and scored by its loss on the other 20 %;
+            the largest ratio within half a standard error of the smallest held-out loss
+            is refitted on all samples. Smaller data use 0.1. ``alpha_selection_``
+            records the choice.
     """),
     "n_gates": _doc("""
         n_gates : int, default=8

@@ -123,16 +123,17 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     assert sel["method"] == "holdout"
     assert sel["ratios"] == list(AUTO_RATIOS[: len(sel["ratios"])])
     assert sel["n_validation"] == round(VALIDATION_FRACTION * len(y))
-    # the largest ratio within half a standard error of the best held-out accuracy
+    # the largest ratio whose mean held-out loss is within half a standard error (of the
+    # paired per-sample difference) of the smallest
     from skconvexattn._auto_alpha import SE_FRACTION
 
-    top = max(sel["scores"])
-    se = np.sqrt(top * (1 - top) / sel["n_validation"])
-    assert sel["standard_error"] == pytest.approx(se)
-    assert sel["threshold"] == pytest.approx(top - SE_FRACTION * se)
-    first = next(i for i, sc in enumerate(sel["scores"]) if sc >= top - SE_FRACTION * se)
+    losses, ses = np.asarray(sel["losses"]), np.asarray(sel["standard_errors"])
+    top = int(np.argmin(losses))
+    assert ses[top] == 0.0 and np.all(ses >= 0)
+    within = losses <= losses[top] + SE_FRACTION * ses
+    first = int(np.argmax(within))
     assert sel["ratio"] == sel["ratios"][first] == est.alpha_ratio_
-    assert all(sc < sel["threshold"] for sc in sel["scores"][:first])
+    assert first <= top and not np.any(within[:first])
     assert est.alpha_ == pytest.approx(est.alpha_ratio_ * est.alpha_max_, rel=1e-12)
     # the final fit is the fixed-ratio fit on all samples at the chosen ratio
     fixed = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=est.alpha_ratio_)
@@ -149,9 +150,14 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     one = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=sel["ratios"][0],
                               tol=1e-3).fit(X[np.sort(tr)], y[np.sort(tr)])
     assert one.score(X[np.sort(va)], y[np.sort(va)]) == pytest.approx(sel["scores"][0])
+    from sklearn.metrics import log_loss
+
+    held = log_loss(y[np.sort(va)], one.predict_proba(X[np.sort(va)]), labels=one.classes_)
+    assert sel["losses"][0] == pytest.approx(held, rel=1e-6)
     # same random_state, same choice
     again = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
     assert again.alpha_selection_["scores"] == sel["scores"]
+    assert again.alpha_selection_["losses"] == sel["losses"]
 
 
 def test_auto_ratio_falls_back_on_small_data(data):

@@ -229,3 +229,22 @@ def test_lifted_factors_on_digits(tmp_path):
     assert set(row["by_memory"]) == {"5", "50"}
     assert all(r["certified"] for r in row["by_memory"].values())
     assert row["speed_ratio"] > 0 and g["heads_per_block"] >= 1
+
+
+def test_auto_criterion_picks_and_absent_data(tmp_path, monkeypatch, capsys):
+    """bench_auto_criterion: each rule's pick on a known path (accuracy: the largest ratio
+    within half a standard error of the best; loss: the smallest held-out log-loss), and
+    a clean exit without the shared data."""
+    module = importlib.import_module("bench_auto_criterion")
+    acc = [0.57, 0.74, 0.80, 0.80, 0.78]
+    loss = [1.44, 0.89, 0.62, 0.56, 0.61]
+    test = [0.61, 0.72, 0.78, 0.82, 0.82]
+    rows = [{"dataset": "d", "head": "h", "ratio": r, "held_out_accuracy": a,
+             "held_out_log_loss": lo, "test_accuracy": t}
+            for r, a, lo, t in zip(module.RATIOS, acc, loss, test)]
+    got = module.picks(rows, 300)
+    assert (got["accuracy_rule"], got["loss_rule"]) == (0.03, 0.01)
+    assert (got["accuracy_rule_test"], got["loss_rule_test"]) == (0.78, 0.82)
+    monkeypatch.setattr(module, "DATA", tmp_path / "none")
+    assert module.main(["--out", str(tmp_path), "--heads", "mlp"]) == 0
+    assert "nothing to measure" in capsys.readouterr().out
