@@ -77,10 +77,10 @@ PATH_MAX_ITER = 1000
 SE_FRACTION = 0.5
 
 
-def _held_out_losses(probe, X, y):
-    """The fitted ``probe``'s loss (its own datafit: log-loss or squared error) on every
-    held-out sample, float64 ``(m,)``; a label the probe never saw gets the largest loss
-    of the others."""
+def _held_out(probe, X, y):
+    """The fitted ``probe``'s loss (its own datafit: log-loss or squared error) and whether
+    it predicts right, on every held-out sample: float64 ``(m,)`` each, from one forward
+    pass. A label the probe never saw gets the largest loss of the others."""
     from ._dask import is_dask_array
     from ._datafits import get_datafit
     from ._validation import check_tokens
@@ -89,6 +89,7 @@ def _held_out_losses(probe, X, y):
         X = X.compute()  # the held-out part: a fifth of the samples
     O = np.asarray(probe._logits(check_tokens(probe, X, reset=False)), dtype=np.float64)
     classes = probe.classes_
+    correct = (classes[np.argmax(O, axis=1)] == y).astype(np.float64)  # as predict does
     pos = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
     seen = classes[pos] == y
     Y = np.zeros_like(O)
@@ -98,7 +99,7 @@ def _held_out_losses(probe, X, y):
     lv = np.where(np.isfinite(lv), lv, np.finfo(np.float64).max / 1e6)
     if not np.all(seen):
         lv[~seen] = lv[seen].max() if np.any(seen) else 0.0
-    return lv
+    return lv, correct
 
 
 def _fixed(reason):
@@ -178,8 +179,8 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
             # a path point that stops at max_iter still ranks its ratio
             warnings.simplefilter("ignore", ConvergenceWarning)
             probe.fit(X_tr, y[train], sample_weight=sw_tr)
-        score = float(probe.score(X_va, y[val], sample_weight=sw_va))
-        lv = _held_out_losses(probe, X_va, y[val])
+        lv, correct = _held_out(probe, X_va, y[val])
+        score = float(w_va @ correct)  # the weighted accuracy, as probe.score gives it
         ratios.append(ratio)
         scores.append(score)
         per_sample.append(lv)

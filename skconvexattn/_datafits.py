@@ -75,7 +75,16 @@ def _xlogx(P, xp):
     return xp.where(P > 0, P * xp.log(safe), xp.zeros_like(P))
 
 
-class LogLoss:
+class _Datafit:
+    """The weighted mean of a per-sample loss (``per_sample``, defined by each datafit)."""
+
+    def value(self, O, Y, w):
+        """``sum_i w_i l(o_i, y_i)``."""
+        xp = get_namespace(O)
+        return xp.sum(w * self.per_sample(O, Y))
+
+
+class LogLoss(_Datafit):
     """Multinomial logistic loss ``logsumexp(o) - o[y]`` (softmax cross-entropy).
 
     Its conjugate is ``l*(theta) = sum_k q_k log q_k`` with ``q = theta + e_y`` in the
@@ -90,10 +99,6 @@ class LogLoss:
         """The loss of every sample, ``(n,)``."""
         xp = get_namespace(O)
         return _logsumexp(O, xp) - _row_sum(O * Y, xp)
-
-    def value(self, O, Y, w):
-        xp = get_namespace(O)
-        return xp.sum(w * self.per_sample(O, Y))
 
     def proba(self, O):
         xp = get_namespace(O)
@@ -141,7 +146,7 @@ class LogLoss:
         return -xp.sum(w * _row_sum(_xlogx(Q, xp), xp))
 
 
-class SquaredError:
+class SquaredError(_Datafit):
     """Squared error ``0.5 * ||o - e_y||^2`` against one-hot targets.
 
     Its conjugate is ``l*(theta) = 0.5 ||theta||^2 + theta[y]`` (finite everywhere), and
@@ -156,10 +161,6 @@ class SquaredError:
         xp = get_namespace(O)
         R = O - Y
         return 0.5 * _row_sum(R * R, xp)
-
-    def value(self, O, Y, w):
-        xp = get_namespace(O)
-        return xp.sum(w * self.per_sample(O, Y))
 
     def raw_gradient(self, O, Y):
         return O - Y

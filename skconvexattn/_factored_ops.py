@@ -51,8 +51,12 @@ class _FactorOperator:
         #: ``None``, every product takes ``chunk_rows``
         self.rows_for = None
 
+    def _rows(self, r, c):
+        """Samples per chunk of a product with ``r`` heads per block and ``c`` outputs."""
+        return self.chunk_rows if self.rows_for is None else max(1, int(self.rows_for(r, c)))
+
     def _chunks(self, r, c):
-        rows = self.chunk_rows if self.rows_for is None else max(1, int(self.rows_for(r, c)))
+        rows = self._rows(r, c)
         for a in range(0, self.n_samples, rows):
             yield a, min(a + rows, self.n_samples)
 
@@ -94,8 +98,7 @@ class _FactorOperator:
         between the forward and the backward products); otherwise the forward pass runs
         first and the backward pass recomputes them chunk by chunk.
         """
-        whole = next(self._chunks(A.shape[1], Y.shape[1]))[1] >= self.n_samples
-        if whole:
+        if self._rows(A.shape[1], Y.shape[1]) >= self.n_samples:
             K = self._keys(0, self.n_samples, A)
             V = self._values(0, self.n_samples, B)
             O = self._contract(0, self.n_samples, K, V) * self.inv_len[:, None]
@@ -252,9 +255,16 @@ class MixerFactorOperator(_FactorOperator):
         # tokens as columns: (s, n d), for the token-mixing GEMM over all samples
         self.Xc = xp.reshape(xp.permute_dims(X, (1, 0, 2)), (self.s, self.n_samples * self.d))
         self.Mc = None
-        size = self.P * self.s * self.n_samples * self.d * X.dtype.itemsize
-        if masks is not None and size <= cache_bytes:
+        if masks is not None and self.keeps_masks(
+            self.P, self.n_samples, self.s, self.d, X.dtype.itemsize, cache_bytes
+        ):
             self.Mc = xp.astype(self._gate_major(0, self.n_samples), X.dtype)
+
+    @staticmethod
+    def keeps_masks(n_blocks, n, s, d, itemsize, cache_bytes):
+        """Whether the operator keeps the gate masks (``n_blocks s d`` numbers per sample)
+        within ``cache_bytes``."""
+        return n_blocks * n * s * d * itemsize <= cache_bytes
 
     def _gate_major(self, a, b):
         """The masks of samples ``a:b`` as ``(P', s, m d)`` (``P'``: 1 or ``P``)."""

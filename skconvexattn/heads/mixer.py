@@ -300,8 +300,9 @@ class ConvexMixerClassifier(BaseConvexHead):
 
     def _factor_kept(self, n, s, d, itemsize):
         # the gate masks (P s d per sample), when kept (see MixerFactorOperator)
-        kept = self._n_convex_blocks() * n * s * d
-        return kept if kept * itemsize <= self._factor_cache_bytes() else 0
+        P = self._n_convex_blocks()
+        keep = MixerFactorOperator.keeps_masks(P, n, s, d, itemsize, self._factor_cache_bytes())
+        return P * n * s * d if keep else 0
 
     def _factor_operator(self, gates, X, chunk_rows):
         xp = get_namespace(X)
