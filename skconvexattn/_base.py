@@ -461,7 +461,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ factored path
     def _tol_scale(self):
-        return getattr(self, "tol_scale", "objective")
+        return getattr(self, "tol_scale", "null")
 
     def _warn_not_converged(self, res):
         scale = res.null_objective if self._tol_scale() == "null" else abs(res.objective)

@@ -458,7 +458,7 @@ class BaseConvexHeadCV(ClassifierMixin, TransformerMixin, BaseEstimator):
             self.best_estimator_ = best
             for attr in (
                 "classes_", "coef_", "intercept_", "gates_", "objective_",
-                "dual_gap_", "convergence_", "device_",
+                "null_objective_", "dual_gap_", "convergence_", "device_",
             ):
                 setattr(self, attr, getattr(best, attr))
         else:
@@ -600,8 +600,9 @@ _CV_DOC = """{head} with the regularisation strength chosen by cross-validation.
     best_estimator_ : {head}
         The head refitted on all the data (``refit=True``).
     refit_time_ : float
-    classes_, coef_, intercept_, gates_, objective_, dual_gap_, convergence_, device_
-        Those of ``best_estimator_``.
+    classes_, coef_, intercept_, gates_, objective_, null_objective_, dual_gap_, convergence_, device_
+        Those of ``best_estimator_`` (``null_objective_``: the loss of the intercept-only
+        model, the scale of ``tol`` by default).
     n_features_in_ : int
     token_shape_ : tuple (n_tokens, n_features)
     """

@@ -45,7 +45,7 @@ def test_cv_with_zero_alpha_max_fits_the_zero_model_at_once(cls):
     cv = small(cls, alphas=3, cv=2).fit(X, y)
     assert cv.alpha_max_ == 0.0
     assert cv.n_iter_ == 0  # no 7,000 iterations at alpha=0
-    assert cv.dual_gap_ <= cv.tol * cv.objective_
+    assert cv.dual_gap_ <= cv.tol * cv.null_objective_
     best = clone(cv.best_estimator_)  # a valid estimator: cloning re-validates nothing bad
     best.fit(X, y)
     assert best.alpha_ == 0.0 and best.n_iter_ == 0
@@ -57,7 +57,7 @@ def test_head_with_zero_alpha_max_and_relative_alpha(data):
     y = np.arange(30) % 3
     est = small(ConvexSelfAttentionClassifier).fit(X, y)
     assert est.alpha_max_ == 0.0 and est.alpha_ == 0.0
-    assert est.n_iter_ == 0 and est.dual_gap_ <= est.tol * est.objective_
+    assert est.n_iter_ == 0 and est.dual_gap_ <= est.tol * est.null_objective_
 
 
 # ---------------------------------------------------------------- 3. no probe fit

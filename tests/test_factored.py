@@ -256,7 +256,8 @@ def test_auto_takes_factored_where_lifted_is_refused():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((80, 6, 40))
     y = (X[:, :, 0].mean(axis=1) > 0).astype(int)
-    kw = dict(alpha=0.5, n_gates=2, random_state=0, memory_budget=0.01, tol=1e-4)
+    kw = dict(alpha=0.5, n_gates=2, random_state=0, memory_budget=0.01, tol=1e-4,
+              tol_scale="objective")
     with pytest.raises(ValueError, match="memory_budget"):
         ConvexSelfAttentionClassifier(solver="fista", **kw).fit(X, y)
     est = ConvexSelfAttentionClassifier(**kw).fit(X, y)
@@ -482,3 +483,77 @@ def test_matrix_free_predictions_refuse_beyond_the_budget(cls):
     est.set_params(memory_budget=1e-9)
     with pytest.raises(ValueError, match=r"more than memory_budget=1e-09 GiB.*predict in batches"):
         est.predict(X)
+
+
+# ----------------------------------------------------------------- rank growth
+@pytest.mark.parametrize("exact_max", [0, 10**6], ids=["lanczos", "exact"])
+def test_block_spectra_leading_pairs(exact_max):
+    """``n_pairs``: the exact route gives the leading singular triples; Lanczos gives Ritz
+    triples, orthonormal, with ``u_j^T Grad_p v_j = sigma_j`` (what rank growth relies
+    on), and the top one converged."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 4, 3))
+    op, lifted, _ = _operators("attention", True, X, P=3)
+    T = rng.standard_normal((40, 2))
+    G = lifted.adjoint(T)  # (3, 9, 6)
+    ref = np.linalg.svd(G, compute_uv=False)
+    sig, u, v = block_spectra(op, T, n_steps=8, exact_max=exact_max, n_pairs=4)
+    assert sig.shape == (3, 4) and u.shape == (3, 4, 3, 3) and v.shape == (3, 4, 3, 2)
+    U, V = u.reshape(3, 4, -1), v.reshape(3, 4, -1)
+    np.testing.assert_allclose(U @ np.transpose(U, (0, 2, 1)), np.broadcast_to(np.eye(4), (3, 4, 4)), atol=1e-9)
+    np.testing.assert_allclose(V @ np.transpose(V, (0, 2, 1)), np.broadcast_to(np.eye(4), (3, 4, 4)), atol=1e-9)
+    uGv = np.einsum("pjr,prc,pjc->pj", U, G, V)
+    np.testing.assert_allclose(uGv, sig, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(sig[:, 0], ref[:, 0], rtol=1e-8)
+    if exact_max:
+        np.testing.assert_allclose(sig, ref[:, :4], rtol=1e-10)
+    # the single-pair form is the first of them
+    s1, u1, v1 = block_spectra(op, T, n_steps=8, exact_max=exact_max)
+    np.testing.assert_allclose(s1, sig[:, 0], rtol=1e-12)
+
+
+def test_outside_heads_separates_tangent_from_new_directions():
+    """Directions of the heads' own spans score 0, directions orthogonal to both spans 1,
+    and a direction with ``u`` in the span of the ``A`` heads is in the tangent space."""
+    rng = np.random.default_rng(6)
+    P, r, R, L = 2, 3, 10, 8
+    A = rng.standard_normal((P, r, R))
+    B = rng.standard_normal((P, r, L))
+    QA = np.linalg.qr(np.transpose(A, (0, 2, 1)), mode="complete")[0]  # (P, R, R)
+    QB = np.linalg.qr(np.transpose(B, (0, 2, 1)), mode="complete")[0]
+    u = np.stack([QA[:, :, 0], QA[:, :, r], QA[:, :, 1], QA[:, :, r + 1]], axis=1)
+    v = np.stack([QB[:, :, 1], QB[:, :, r], QB[:, :, r + 1], QB[:, :, 2]], axis=1)
+    out = _factored._outside_heads(A, B, u, v)
+    np.testing.assert_allclose(out, [[0, 1, 0, 0]] * P, atol=1e-10)
+    # half in, half out: (1 - 1/2)^2
+    w = (QA[:, :, 0] + QA[:, :, r]) / np.sqrt(2)
+    z = (QB[:, :, 0] + QB[:, :, r]) / np.sqrt(2)
+    half = _factored._outside_heads(A, B, w[:, None], z[:, None])
+    np.testing.assert_allclose(half, 0.25, atol=1e-10)
+    # a zero head does not widen the span
+    A0, B0 = np.concatenate([A, 0 * A[:, :1]], 1), np.concatenate([B, 0 * B[:, :1]], 1)
+    np.testing.assert_allclose(_factored._outside_heads(A0, B0, u, v), out, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", HEADS)
+def test_growth_of_several_heads_reaches_the_same_optimum(cls, monkeypatch):
+    """Several new heads per certificate: the rank grows by more than one at a time and
+    the fit ends at the optimum that one head at a time reaches (within the gaps), each
+    gap above that fit's true suboptimality (the smaller gap bounds it)."""
+    X, y = _data(n=120)
+    kw = dict(alpha_ratio=0.003, n_gates=3, random_state=0, solver="factored", tol=1e-7,
+              tol_scale="objective", max_iter=20000, device="cpu")
+    fits = {}
+    for gp in (1, 8):
+        monkeypatch.setattr(_factored, "GROW_PAIRS", gp)
+        fits[gp] = cls(**kw).fit(X, y)
+    one, many = fits[1], fits[8]
+    ranks = np.array(many.convergence_["rank"])
+    if cls is ConvexMixerClassifier:  # here the Mixer's gradient has two new pairs at once
+        assert np.diff(ranks).max() > 1
+    assert np.diff(np.array(one.convergence_["rank"])).max() <= 1
+    assert abs(one.objective_ - many.objective_) <= one.dual_gap_ + many.dual_gap_ + 1e-12
+    lower = max(one.objective_ - one.dual_gap_, many.objective_ - many.dual_gap_)
+    for obj, gap in zip(many.convergence_["objective"], many.convergence_["dual_gap"]):
+        assert gap >= obj - one.objective_ - one.dual_gap_ - 1e-12
+        assert obj >= lower - 1e-12

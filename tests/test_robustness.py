@@ -60,7 +60,8 @@ def _fit_checked(est, X, y, allow_zero_model=False, **fit_params):
             pytest.fail(f"unexpected {w.category.__name__} during fit: {w.message}")
     _assert_finite(est, X)
     if converged:
-        assert est.dual_gap_ <= est.tol * abs(est.objective_) * (1 + 1e-9) + 1e-300
+        scale = est.null_objective_ if est.tol_scale == "null" else abs(est.objective_)
+        assert est.dual_gap_ <= est.tol * scale * (1 + 1e-9) + 1e-300
     return converged
 
 

@@ -143,7 +143,9 @@ def cmd_fit(args):
     fitted.set_params(verbose=0)
     save_model(model, args.output)
     s, d = fitted.token_shape_
-    rel = fitted.dual_gap_ / max(abs(fitted.objective_), 1e-300)
+    scale = (fitted.null_objective_ if getattr(fitted, "tol_scale", "null") == "null"
+             and hasattr(fitted, "null_objective_") else abs(fitted.objective_))
+    rel = fitted.dual_gap_ / max(scale, 1e-300)
     print(
         f"{name} fitted on {X.shape[0]} samples ({s} tokens x {d} features, "
         f"{len(fitted.classes_)} classes) in {seconds:.2f} s on {fitted.device_}"

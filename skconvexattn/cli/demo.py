@@ -18,7 +18,9 @@ def _heads(alpha, n_gates, random_state, max_iter, tol, alpha_ratio=None):
     of its demo activations."""
     from ..heads import registered_heads
 
-    common = dict(random_state=random_state, max_iter=max_iter, tol=tol)
+    # the table reports the gap relative to the objective: the fits stop on that scale
+    common = dict(random_state=random_state, max_iter=max_iter, tol=tol,
+                  tol_scale="objective")
     if alpha_ratio is not None:
         common["alpha_ratio"] = alpha_ratio
     rows = []
