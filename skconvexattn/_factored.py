@@ -734,9 +734,11 @@ def factored_solve(
             # a block of r >= min(R, L c) heads already spans every matrix of its shape (and
             # Burer-Monteiro has no spurious local minimum there): no column to add
             over = sig_all > alpha * (1.0 + 1e-6)  # (P, m)
-            if A.shape[1] > 0 and np.any(over):
+            if grow_pairs > 1 and A.shape[1] > 0 and np.any(over):
                 # pairs in the tangent space of the current heads are L-BFGS's to take;
-                # new heads only for directions outside it (else the leading pairs)
+                # new heads only for directions outside it (else the leading pairs).
+                # grow_pairs=1 keeps the previous rule: the leading pair of every block
+                # above alpha
                 fresh = over & (_outside_heads(A, B, u_all, v_all) >= NEW_DIRECTION)
                 if np.any(fresh):
                     over = fresh
