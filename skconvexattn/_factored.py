@@ -20,9 +20,10 @@ has the convex program's optimal value once each block has enough columns
 3. rank growth: every block whose ``||Grad_p||_2`` exceeds ``alpha`` gets new heads, the
    leading singular pairs of ``-Grad_p`` above ``alpha`` that lie outside the tangent
    space of its current heads (at most :data:`GROW_PAIRS`, and at most as many as the
-   solve has added so far: the added rank at most doubles), weighted by ``sigma - alpha`` with one line-searched scale;
-   the leading pair alone when none is new (a descent direction of the convex program: a
-   stationary point with ``||Grad_p||_2 <= alpha`` for every ``p`` is the global optimum).
+   solve has added so far: the added rank at most doubles), with one line-searched
+   scale; the leading pair alone when none is new (a descent direction of the convex
+   program: a stationary point with ``||Grad_p||_2 <= alpha`` for every ``p`` is the
+   global optimum).
 
 The gap is the same quantity as :func:`~skconvexattn._solver.fista`'s, so ``dual_gap_``
 keeps its meaning on both paths.
@@ -730,7 +731,7 @@ def factored_solve(
             timed_out = True
             break
         try:
-            # ---- rank growth: the leading pair of -Grad_p for the blocks above alpha
+            # ---- rank growth: leading pairs of -Grad_p above alpha, as new heads
             # a block of r >= min(R, L c) heads already spans every matrix of its shape (and
             # Burer-Monteiro has no spurious local minimum there): no column to add
             over = sig_all > alpha * (1.0 + 1e-6)  # (P, m)
@@ -750,8 +751,7 @@ def factored_solve(
                 precision_limited = True
                 break
             if k_new > 0:
-                Anew, Bnew, weight = _growth_heads(u_all, v_all, sig_all, over, k_new,
-                                                   alpha, xp, dtype)
+                Anew, Bnew, weight = _growth_heads(u_all, v_all, over, k_new, xp, dtype)
                 tau = _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, weight,
                                    float(sig.max()))
                 root = math.sqrt(tau)
@@ -860,7 +860,7 @@ def _outside_heads(A, B, u, v):
     return (1.0 - inside(A, u)) * (1.0 - inside(B, v))
 
 
-def _growth_heads(u, v, sig, over, k, alpha, xp, dtype):
+def _growth_heads(u, v, over, k, xp, dtype):
     """The ``k`` new heads of a rank growth and their total weight.
 
     Head ``j`` of block ``p`` is ``(-u_pj, v_pj)`` where ``over`` selects the pair and zero
