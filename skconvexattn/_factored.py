@@ -867,10 +867,9 @@ def _growth_heads(u, v, over, k, xp, dtype):
     elsewhere: the convex objective decreases along ``sum_j -u_pj v_pj^T`` at rate
     ``sum (sigma - alpha)``, and its nuclear norm is the number of selected pairs (they
     are orthonormal). Every new head gets the same scale: weighting them by
-    ``sigma - alpha`` (the soft-thresholded gradient) started the heads of blocks with a
-    small excess near zero, where the factors' gradient ``Grad_p B_j`` is as small and
-    L-BFGS grows them slowly (Fashion-MNIST FNO at ratio 0.003: a gap of 0.17 of the
-    objective after 3,000 iterations against a certificate in 1,310)."""
+    ``sigma - alpha`` (the soft-thresholded gradient) would start the heads of blocks
+    with a small excess near zero, where the factors' gradient ``Grad_p B_j`` is as
+    small."""
     P, m = over.shape
     # the selected pairs of each block first (stable: in the order of sigma), k of them
     order = np.argsort(~over, axis=1, kind="stable")[:, :k]  # (P, k)
