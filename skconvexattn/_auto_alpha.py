@@ -6,13 +6,16 @@ No single ratio ``alpha / alpha_max`` suits every data set: on sentence tokens (
 (``benchmarks/tune_alpha_ratio.py``). ``alpha_max`` is set by the strongest direction of
 the gradient at zero, the useful ``alpha`` by how many weaker directions carry signal,
 and that differs between data sets. So ``"auto"`` measures it: a warm-started path of
-ratios ``0.3, 0.1, 0.03, ...`` is fitted (to ``tol=1e-3``) on a stratified 80 % of the
-training samples and scored on the other 20 % by the mean held-out *loss* of the head
-(its own datafit: the log-loss, or the squared error; weighted by ``sample_weight``), the
-deviance that ``cv.glmnet`` ranks its path by. The path stops once two ratios in a row
-score worse than the best; the head is then fitted on all the samples at the largest ratio
-whose held-out loss exceeds the smallest by at most half a standard error of the mean
-per-sample difference between the two (:data:`SE_FRACTION`). Ratios that close are
+ratios ``0.3, 0.1, 0.03, ...`` is fitted (to a gap of ``1e-3`` of the intercept-only
+loss) on a stratified 80 % of the training samples and scored on the other 20 % by the
+mean held-out *loss* of the head (its own datafit: the log-loss, or the squared error;
+weighted by ``sample_weight``), the deviance that ``cv.glmnet`` ranks its path by. The path stops once two ratios in a row
+score worse than the best, or one scores worse by more than :data:`STOP_SE` standard
+errors of the mean per-sample difference (the held-out loss has one minimum along the
+path, and the smaller ratios past it are the slowest to fit). The head is then fitted on
+all the samples at the largest ratio whose held-out loss exceeds the smallest by at most
+half a standard error of the mean per-sample difference between the two
+(:data:`SE_FRACTION`). Ratios that close are
 indistinguishable on the held-out part, and the larger one is the simpler model and the
 faster to certify.
 
@@ -52,6 +55,7 @@ __all__ = [
     "FALLBACK_RATIO",
     "PATH_MAX_ITER",
     "SE_FRACTION",
+    "STOP_SE",
     "VALIDATION_FRACTION",
     "select_alpha_ratio",
 ]
@@ -68,8 +72,14 @@ AUTO_MIN_CLASS = 10
 VALIDATION_FRACTION = 0.2
 #: ratios in a row scoring below the best after which the path stops
 PATIENCE = 2
+#: the path also stops at the first ratio whose mean held-out loss exceeds the best by
+#: more than this many standard errors of the mean per-sample difference: it is past the
+#: minimum, and the next, smaller ratios are the slowest to fit
+STOP_SE = 2.0
 #: the (looser) ``tol`` of the path's fits: they only rank the ratios
 PATH_TOL = 1e-3
+#: the scale of the path fits' ``tol``, whatever the final fit's ``tol_scale``
+PATH_TOL_SCALE = "null"
 #: the most iterations of a path fit (whatever ``max_iter``): they only rank the ratios
 PATH_MAX_ITER = 1000
 #: a larger ratio is chosen when its mean held-out loss exceeds the smallest by at most
@@ -157,19 +167,30 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
     X_tr, X_va = _safe_indexing(X, train), _safe_indexing(X, val)
     sw_tr = None if sw is None else sw[train]
     sw_va = None if sw is None else sw[val]
-    # the path ranks ratios by accuracy, which settles long before a 1e-4 certificate
+    # the path ranks ratios by their held-out loss, which settles long before a 1e-4
+    # certificate
     probe = clone(est).set_params(
         alpha=None, warm_start=True, verbose=0, tol=max(est.tol, PATH_TOL),
         max_iter=min(est.max_iter, PATH_MAX_ITER),
     )
     if "tol_scale" in probe.get_params():
-        # relative to the objective whatever the final fit's scale: looser path fits
-        # (the null scale) changed the held-out ranking for the worse (docs/alpha.rst)
-        probe.set_params(tol_scale="objective")
+        # the intercept-only loss whatever the final fit's scale: relative to the
+        # objective, small ratios cost several times the iterations for held-out losses
+        # equal to 3 digits (docs/alpha.rst)
+        probe.set_params(tol_scale=PATH_TOL_SCALE)
     deadline = None if est.max_time is None else time.monotonic() + 0.5 * est.max_time
     t0 = time.monotonic()
     w_va = np.ones(len(val)) if sw_va is None else sw_va
     w_va = w_va / max(float(np.sum(w_va)), 1e-300)
+    # effective number of held-out samples (Kish) for weighted means
+    n_eff = len(val) if sw_va is None else float(np.sum(sw_va)) ** 2 / max(
+        float(np.sum(np.square(sw_va))), 1e-300)
+
+    def se(k, top):  # standard error of the mean paired loss difference of k and top
+        diff = per_sample[k] - per_sample[top]
+        var = float(w_va @ np.square(diff - w_va @ diff))
+        return math.sqrt(max(var, 0.0) / max(n_eff, 1.0))
+
     ratios, scores, losses, per_sample = [], [], [], []
     best, since_best = math.inf, 0
     for ratio in AUTO_RATIOS:
@@ -198,19 +219,12 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
             best, since_best = losses[-1], 0
         else:
             since_best += 1
-            if since_best >= PATIENCE:
+            last = len(losses) - 1
+            rise = losses[-1] - best
+            if since_best >= PATIENCE or rise > STOP_SE * se(last, int(np.argmin(losses))):
                 break
     top = int(np.argmin(losses))
-    # effective number of held-out samples (Kish) for weighted means
-    n_eff = len(val) if sw_va is None else float(np.sum(sw_va)) ** 2 / max(
-        float(np.sum(np.square(sw_va))), 1e-300)
-
-    def se(k):  # standard error of the mean paired loss difference to the best ratio
-        diff = per_sample[k] - per_sample[top]
-        var = float(w_va @ np.square(diff - w_va @ diff))
-        return math.sqrt(max(var, 0.0) / max(n_eff, 1.0))
-
-    ses = [se(k) for k in range(len(ratios))]
+    ses = [se(k, top) for k in range(len(ratios))]
     # the ratios decrease along the path: the first one within reach is the largest
     chosen = next(r for k, r in enumerate(ratios)
                   if losses[k] <= losses[top] + SE_FRACTION * ses[k])

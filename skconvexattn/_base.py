@@ -463,8 +463,16 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _tol_scale(self):
         return getattr(self, "tol_scale", "null")
 
+    def _gap_scale(self, objective, null_objective):
+        """What ``tol`` multiplies: the intercept-only loss (``tol_scale="null"``) or
+        ``|objective|`` (``"objective"``); ``|objective|`` when ``null_objective`` is
+        unknown (``None``)."""
+        if self._tol_scale() == "null" and null_objective is not None:
+            return float(null_objective)
+        return abs(float(objective))
+
     def _warn_not_converged(self, res):
-        scale = res.null_objective if self._tol_scale() == "null" else abs(res.objective)
+        scale = self._gap_scale(res.objective, res.null_objective)
         limit = (
             f"max_time={self.max_time:g} s ({res.n_iter} iterations)"
             if res.timed_out
@@ -738,7 +746,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         nuc = float(factor_nuclear_norms(A, B).sum()) if A.shape[1] > 0 else 0.0
         primal = float(to_numpy(st.datafit.value(O, Y64, w64))) + alpha * nuc
         gap = max(primal - res64.dual_objective, 0.0)
-        scale = res64.null_objective if self._tol_scale() == "null" else abs(primal)
+        scale = self._gap_scale(primal, res64.null_objective)
         h["objective"][-1], h["dual_gap"][-1] = primal, gap
         h["relative_gap"][-1] = gap / max(abs(primal), 1e-300)
         h["null_relative_gap"][-1] = gap / max(res64.null_objective, 1e-300)

@@ -208,11 +208,11 @@ def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=None, n_
             eye = xp.reshape(xp.eye(R, dtype=dtype), (1, R) + a_shape)
             G = op.grad_b(T, xp.broadcast_to(eye, (P, R) + a_shape))  # (P, R, d, c)
             Gm = to_numpy(xp.reshape(G, (P, R, Lc))).astype(np.float64)
-        Uf, S, Vh = np.linalg.svd(Gm, full_matrices=False)
-        m = 1 if n_pairs is None else min(int(n_pairs), S.shape[1])
-        u = np.transpose(Uf[:, :, :m], (0, 2, 1)).reshape((P, m) + a_shape)
-        v = Vh[:, :m, :].reshape(P, m, d, c)
-        return _pairs_out(xp, S[:, :m], u, v, dtype, n_pairs)
+        m = 1 if n_pairs is None else min(int(n_pairs), R, Lc)
+        S, Uf, Vf = _top_triples(Gm, m)
+        u = np.transpose(Uf, (0, 2, 1)).reshape((P, m) + a_shape)
+        v = np.transpose(Vf, (0, 2, 1)).reshape(P, m, d, c)
+        return _pairs_out(xp, S, u, v, dtype, n_pairs)
     # with R < L c the start vector has a part in the null space of Grad_p, which the first
     # step removes: one more step makes the Krylov space full (exact) on small blocks
     k = int(min(n_steps, min(R, Lc) + (1 if R < Lc else 0)))
@@ -332,6 +332,43 @@ def _ritz_vectors(xp, Ub, Vb, alphas, betas, P, a_shape, d, c, dtype, n_pairs=No
     u = xp.reshape(u, (P, m) + a_shape)
     v = xp.reshape(v, (P, m, d, c))
     return _pairs_out(xp, S[:, :m], u, v, dtype, n_pairs)
+
+
+def _top_triples(G, m):
+    """The ``m`` leading singular triples of every block of ``G`` ``(P, R, L)`` (float64).
+
+    From the eigenvectors of the Gram matrix of the smaller side (one GEMM and an
+    ``eigh`` of ``min(R, L)`` squared numbers), not a full SVD: a compact SVD of the
+    Fashion-MNIST Mixer's blocks (8 x 2401 x 240) with its vectors takes about 40 times
+    as long. The top singular value is as accurate as the SVD's (``lambda_1`` carries an
+    absolute error of about ``eps sigma_1^2``); each ``sigma_j`` is the norm of ``G v_j``
+    (or ``G^T u_j``), so ``u_j^T G v_j = sigma_j`` holds exactly in exact arithmetic, and a
+    vector of a singular value that is zero (or lost in the rounding of the Gram matrix)
+    becomes a unit vector of the other side's basis.
+
+    Returns
+    -------
+    S : ndarray (P, m)
+    U : ndarray (P, R, m)
+        Unit left vectors.
+    V : ndarray (P, L, m)
+        Unit right vectors.
+    """
+    P, R, L = G.shape
+    flip = R < L
+    H = np.transpose(G, (0, 2, 1)) if flip else G  # (P, big, small)
+    lam, W = np.linalg.eigh(np.transpose(H, (0, 2, 1)) @ H)
+    Ws = W[:, :, ::-1][:, :, :m]  # leading eigenvectors: the small side's vectors
+    Hw = H @ Ws  # (P, big, m)
+    S = np.sqrt(np.sum(Hw * Hw, axis=1))  # (P, m)
+    tiny = S <= 1e-12 * np.maximum(S[:, :1], 1e-300)
+    Hw = np.where(tiny[:, None, :], 0.0, Hw / np.where(tiny, 1.0, S)[:, None, :])
+    if np.any(tiny):  # no direction on the big side: any unit vector (sigma ~ 0 there)
+        e = np.zeros(Hw.shape[1:])
+        e[np.arange(m) % Hw.shape[1], np.arange(m)] = 1.0
+        Hw = np.where(tiny[:, None, :], e[None], Hw)
+        S = np.where(tiny, 0.0, S)
+    return (S, Ws, Hw) if flip else (S, Hw, Ws)
 
 
 def _pairs_out(xp, S, u, v, dtype, n_pairs):

@@ -160,6 +160,34 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     assert again.alpha_selection_["losses"] == sel["losses"]
 
 
+@pytest.mark.parametrize("curve, n_fitted", [
+    # (offset of each ratio's mean held-out loss, spread of its per-sample noise)
+    ([(1.0, 0.01), (0.5, 0.01), (0.9, 0.01)], 3),  # a clear rise: stop at once
+    ([(1.0, 0.01), (0.5, 0.01), (0.52, 1.0), (0.53, 1.0)], 4),  # within noise: two worse
+    ([(1.0, 0.01), (0.5, 0.01), (0.52, 1.0), (0.45, 0.01), (0.7, 0.01)], 5),
+])
+def test_auto_path_stops_past_its_minimum(large, monkeypatch, curve, n_fitted):
+    """The path stops at the first ratio worse than the best by more than STOP_SE
+    standard errors of the paired difference, or after PATIENCE worse ratios in a row."""
+    from skconvexattn import ConvexMLPClassifier, _auto_alpha
+
+    X, y = large
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def fake_held_out(probe, X_va, y_va):
+        mean, spread = curve[len(calls)]
+        noise = rng.standard_normal(len(y_va))
+        calls.append(probe.alpha_ratio)
+        return mean + spread * (noise - noise.mean()), np.ones(len(y_va))
+
+    monkeypatch.setattr(_auto_alpha, "_held_out", fake_held_out)
+    sel = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y).alpha_selection_
+    assert len(sel["ratios"]) == len(calls) == n_fitted
+    assert sel["losses"] == pytest.approx([m for m, _ in curve[:n_fitted]])
+    assert sel["ratio"] == sel["ratios"][int(np.argmin(sel["losses"]))]
+
+
 def test_auto_ratio_falls_back_on_small_data(data):
     from skconvexattn import ConvexMLPClassifier
     from skconvexattn._auto_alpha import FALLBACK_RATIO

@@ -99,7 +99,7 @@ def test_a_shape_must_hold_the_block_rows():
 def test_every_head_on_lifted_factors_equals_fista(cls, activation):
     X, y = _data()
     kw = dict(alpha=0.05, n_gates=3, activation=activation, random_state=0, tol=1e-8,
-              max_iter=20000, device="cpu")
+              tol_scale="objective", max_iter=20000, device="cpu")
     a = cls(solver="fista", **kw).fit(X, y)
     b = cls(solver="auto", **kw).fit(X, y)
     assert (a.solver_, b.solver_) == ("fista", "factored")

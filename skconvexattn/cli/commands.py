@@ -143,8 +143,7 @@ def cmd_fit(args):
     fitted.set_params(verbose=0)
     save_model(model, args.output)
     s, d = fitted.token_shape_
-    scale = (fitted.null_objective_ if getattr(fitted, "tol_scale", "null") == "null"
-             and hasattr(fitted, "null_objective_") else abs(fitted.objective_))
+    scale = fitted._gap_scale(fitted.objective_, getattr(fitted, "null_objective_", None))
     rel = fitted.dual_gap_ / max(scale, 1e-300)
     print(
         f"{name} fitted on {X.shape[0]} samples ({s} tokens x {d} features, "
