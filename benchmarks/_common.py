@@ -46,6 +46,24 @@ def parse_args(argv, description, extra=None, heads=False):
     return args
 
 
+def parse_case_args(argv, description, cases, extra=None):
+    """:func:`parse_args` with ``--cases dataset:head:ratio,...`` (default ``cases``) and
+    ``--n-train``; returns the arguments and the cases as ``(dataset, head, ratio)``."""
+
+    def more(p):
+        p.add_argument("--cases", default=cases, help="dataset:head:ratio,...")
+        p.add_argument("--n-train", type=int, default=1500)
+        if extra is not None:
+            extra(p)
+
+    args = parse_args(argv, description, more)
+    parsed = []
+    for case in args.cases.split(","):
+        ds, head, ratio = case.split(":")
+        parsed.append((ds, head, float(ratio)))
+    return args, parsed
+
+
 def environment():
     """What a timing depends on: threads, BLAS, versions, machine."""
     info = {

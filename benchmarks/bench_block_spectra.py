@@ -109,19 +109,15 @@ def run_case(ds, head, ratio, n_train, max_iter, repeat):
 
 def main(argv=None):
     def extra(p):
-        p.add_argument("--cases", default=CASES, help="dataset:head:ratio,...")
-        p.add_argument("--n-train", type=int, default=1500)
         p.add_argument("--max-iter", type=int, default=100, help="iterations per fit")
 
-    args = C.parse_args(argv, __doc__.split("\n\n")[0], extra)
+    args, cases = C.parse_case_args(argv, __doc__.split("\n\n")[0], CASES, extra)
     if not DATA.exists():
         print(f"no data at {DATA}: nothing to measure")
         return 0
     rows = []
-    for case in args.cases.split(","):
-        ds, head, ratio = case.split(":")
-        rows += run_case(ds, head, float(ratio), args.n_train, args.max_iter,
-                         args.repeat or 3)
+    for ds, head, ratio in cases:
+        rows += run_case(ds, head, ratio, args.n_train, args.max_iter, args.repeat or 3)
     cols = ["dataset", "head", "ratio", "route", "fit_s", "n_iter", "null_relative_gap",
             "whole_block_spectra",
             "fit_speedup", "block_shape", "svd_s", "gram_s", "speedup",

@@ -78,19 +78,16 @@ def main(argv=None):
     from skconvexattn import _factored
 
     def extra(p):
-        p.add_argument("--cases", default=CASES, help="dataset:head:ratio,...")
-        p.add_argument("--n-train", type=int, default=1500)
         p.add_argument("--max-time", type=float, default=300.0, help="seconds per fit")
 
-    args = C.parse_args(argv, __doc__.split("\n\n")[0], extra)
+    args, cases = C.parse_case_args(argv, __doc__.split("\n\n")[0], CASES, extra)
     if not DATA.exists():
         print(f"no data at {DATA}: nothing to measure")
         return 0
     rows = []
-    for case in args.cases.split(","):
-        ds, head, ratio = case.split(":")
+    for ds, head, ratio in cases:
         for gp in (1, _factored.GROW_PAIRS):
-            rows.append(run_case(ds, head, float(ratio), args.n_train, args.max_time, gp))
+            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, gp))
             C.table(rows[-1:], ["dataset", "head", "ratio", "grow_pairs", "seconds", "n_iter",
                                 "heads", "relative_gap", "t_obj_1e-3", "t_obj_1e-4",
                                 "t_null_1e-4", "test_accuracy"])

@@ -9,8 +9,8 @@ and that differs between data sets. So ``"auto"`` measures it: a warm-started pa
 ratios ``0.3, 0.1, 0.03, ...`` is fitted (to a gap of ``1e-3`` of the intercept-only
 loss) on a stratified 80 % of the training samples and scored on the other 20 % by the
 mean held-out *loss* of the head (its own datafit: the log-loss, or the squared error;
-weighted by ``sample_weight``), the deviance that ``cv.glmnet`` ranks its path by. The path stops once two ratios in a row
-score worse than the best, or one scores worse by more than :data:`STOP_SE` standard
+weighted by ``sample_weight``), the deviance that ``cv.glmnet`` ranks its path by. The
+path stops once two ratios in a row score worse than the best, or one scores worse by more than :data:`STOP_SE` standard
 errors of the mean per-sample difference (the held-out loss has one minimum along the
 path, and the smaller ratios past it are the slowest to fit). The head is then fitted on
 all the samples at the largest ratio whose held-out loss exceeds the smallest by at most
