@@ -200,10 +200,12 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
                 break
             probe.set_params(max_time=max(left, 1e-3))
         probe.set_params(alpha_ratio=ratio)
+        t_fit = time.monotonic()
         with warnings.catch_warnings():
             # a path point that stops at max_iter still ranks its ratio
             warnings.simplefilter("ignore", ConvergenceWarning)
             probe.fit(X_tr, y[train], sample_weight=sw_tr)
+        t_fit = time.monotonic() - t_fit
         lv, correct = _held_out(probe, X_va, y[val])
         score = float(w_va @ correct)  # the weighted accuracy, as probe.score gives it
         ratios.append(ratio)
@@ -212,7 +214,7 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         losses.append(float(w_va @ lv))
         if est.verbose:
             print(f"[alpha_ratio=auto] ratio {ratio:g}: held-out loss {losses[-1]:.4f}, "
-                  f"accuracy {score:.4f} ({probe.n_iter_} iterations)")
+                  f"accuracy {score:.4f} ({probe.n_iter_} iterations, {t_fit:.1f} s)")
         if probe.alpha_max_ == 0:
             break  # the all-zero model for every alpha: nothing to rank
         if losses[-1] < best:

@@ -503,6 +503,27 @@ class _LBFGS:
 
         self._rebuild(grow)
 
+    def clear(self, heads):
+        """Zero the stored pairs' entries of the heads ``heads`` (``(block, column)``
+        pairs): a reused dead head starts without curvature history, as a new column."""
+        if not self._order:
+            return
+        xp = self.xp
+        mask = None
+
+        def zero(v):
+            nonlocal mask
+            if mask is None:
+                m = np.ones(v[0].shape[:2])
+                for p, j in heads:
+                    m[p, j] = 0.0
+                mask = m
+            ka = xp.asarray(mask.reshape(mask.shape + (1,) * (v[0].ndim - 2)), dtype=v[0].dtype)
+            kb = xp.asarray(mask.reshape(mask.shape + (1,) * (v[1].ndim - 2)), dtype=v[1].dtype)
+            return [v[0] * ka, v[1] * kb, v[2]]
+
+        self._rebuild(zero)
+
     def take(self, idx):
         """Keep only the heads ``idx`` in the stored pairs."""
         xp = self.xp
@@ -782,20 +803,29 @@ def factored_solve(
                     over = fresh
                 else:
                     over = over & (np.arange(over.shape[1]) == 0)[None, :]
-            k_new = min(int(over.sum(axis=1).max()), min(R, Lc) - A.shape[1])
+            # new heads go to the block's dead heads first (zero where another block's
+            # growth added the column, or decayed), then to new columns: a block whose
+            # live heads are fewer than min(R, L c) can always grow
+            slots = _growth_slots(_head_sizes(A, B), over, min(R, Lc))
+            k_new = max((len(t) for t in slots), default=0)
             if stalled and k_new <= 0:
                 # no descent left at this precision: the certificate is what it is
                 precision_limited = True
                 break
             if k_new > 0:
-                Anew, Bnew, weight = _growth_heads(u_all, v_all, over, k_new, xp, dtype)
+                r_old = A.shape[1]
+                A, B, Anew, Bnew, cols, weight = _growth_heads(
+                    A, B, u_all, v_all, over, slots, xp, dtype)
+                if A.shape[1] > r_old:
+                    lbfgs.pad(A.shape[1])
+                if any(j < r_old for t in slots for j in t):
+                    lbfgs.clear([(p, j) for p, t in enumerate(slots) for j in t if j < r_old])
                 tau = _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, weight,
                                    float(sig.max()))
                 root = math.sqrt(tau)
                 grown += k_new
-                A = xp.concat([A, root * Anew], axis=1)
-                B = xp.concat([B, root * Bnew], axis=1)
-                lbfgs.pad(A.shape[1])
+                A = _scatter_heads(A, root * Anew, cols, xp)
+                B = _scatter_heads(B, root * Bnew, cols, xp)
                 stats["iterations"] += 1
             # ---- L-BFGS on the current columns
             F, g, O = fun([A, B, b])
@@ -897,30 +927,102 @@ def _outside_heads(A, B, u, v):
     return (1.0 - inside(A, u)) * (1.0 - inside(B, v))
 
 
-def _growth_heads(u, v, over, k, xp, dtype):
-    """The ``k`` new heads of a rank growth and their total weight.
+#: a head of a block is dead (its slot takes a new head at the next growth) when
+#: ``||a|| ||b||`` is at most this fraction of the block's largest head
+DEAD_HEAD = 1e-8
 
-    Head ``j`` of block ``p`` is ``(-u_pj, v_pj)`` where ``over`` selects the pair and zero
-    elsewhere: the convex objective decreases along ``sum_j -u_pj v_pj^T`` at rate
-    ``sum (sigma - alpha)``, and its nuclear norm is the number of selected pairs (they
-    are orthonormal). Every new head gets the same scale: weighting them by
-    ``sigma - alpha`` (the soft-thresholded gradient) would start the heads of blocks
-    with a small excess near zero, where the factors' gradient ``Grad_p B_j`` is as
-    small."""
+
+def _head_sizes(A, B):
+    """``||a_pj|| ||b_pj||`` of every head (host float64, ``(P, r)``): the nuclear norm
+    each contributes to its block when the heads are balanced."""
+    xp = get_namespace(A)
+    P, r = A.shape[0], A.shape[1]
+    if r == 0:
+        return np.zeros((P, 0))
+    na = xp.sum(xp.reshape(xp.astype(A, xp.float64) ** 2, (P, r, -1)), axis=2)
+    nb = xp.sum(xp.reshape(xp.astype(B, xp.float64) ** 2, (P, r, -1)), axis=2)
+    return np.sqrt(to_numpy(na * nb))
+
+
+def _growth_slots(sizes, over, cap):
+    """Where the new heads of a rank growth go: for every block ``p``, the columns its
+    selected pairs (``over[p]``, in order) fill, dead heads of the block first
+    (:data:`DEAD_HEAD`), then new columns ``r, r + 1, ...`` (as many as the block
+    needing most of them asks, with ``r`` plus them at most ``cap``, the block's
+    largest useful rank ``min(R, L c)``). A list of ``P`` lists of column indices."""
+    P, r = sizes.shape
+    top = sizes.max(axis=1, keepdims=True) if r else np.zeros((P, 1))
+    dead = sizes <= DEAD_HEAD * top  # a block without live heads: every column
+    wanted = over.sum(axis=1)
+    extra = max(0, min(int(np.max(wanted - dead.sum(axis=1), initial=0)), cap - r))
+    slots = []
+    for p in range(P):
+        free = list(np.flatnonzero(dead[p])) + list(range(r, r + extra))
+        slots.append([int(j) for j in free[: int(wanted[p])]])
+    return slots
+
+
+def _growth_heads(A, B, u, v, over, slots, xp, dtype):
+    """The new heads of a rank growth and where they go.
+
+    Head ``(-u_pm, v_pm)`` (unit scale) for the selected pairs ``m`` of block ``p``
+    (``over``, in order), into the columns ``slots[p]``: the convex objective decreases
+    along ``sum -u_pm v_pm^T`` at rate ``sum (sigma - alpha)``, and its nuclear norm is
+    the number of heads (the pairs are orthonormal). Every new head gets the same
+    scale: weighting them by ``sigma - alpha`` (the soft-thresholded gradient) would
+    start the heads of blocks with a small excess near zero, where the factors'
+    gradient ``Grad_p B_j`` is as small.
+
+    Returns ``A, B`` (with the new columns, zero, and the reused dead heads zeroed),
+    ``Anew, Bnew`` (``(P, k)`` heads on the columns ``cols``, zero where a block takes
+    none), ``cols`` and the number of heads (the nuclear norm per unit scale)."""
     P, m = over.shape
-    # the selected pairs of each block first (stable: in the order of sigma), k of them
-    order = np.argsort(~over, axis=1, kind="stable")[:, :k]  # (P, k)
-    chosen = np.take_along_axis(over, order, axis=1)
-    wts = chosen.astype(np.float64)
-    root = xp.asarray(np.sqrt(wts), dtype=dtype)  # (P, k)
-    flat = xp.asarray((order + m * np.arange(P)[:, None]).reshape(-1))
-    ua = xp.reshape(xp.take(xp.reshape(u, (P * m,) + tuple(u.shape[2:])), flat, axis=0),
-                    (P, k) + tuple(u.shape[2:]))
-    va = xp.reshape(xp.take(xp.reshape(v, (P * m,) + tuple(v.shape[2:])), flat, axis=0),
-                    (P, k) + tuple(v.shape[2:]))
-    Anew = -ua * xp.reshape(root, root.shape + (1,) * (ua.ndim - 2))
-    Bnew = va * xp.reshape(root, root.shape + (1, 1))
-    return Anew, Bnew, float(wts.sum())
+    r = A.shape[1]
+    cols = sorted({j for t in slots for j in t})
+    extra = max([j + 1 - r for j in cols] + [0])
+    if extra:
+        A = xp.concat([A, xp.zeros((P, extra) + tuple(A.shape[2:]), dtype=A.dtype)], axis=1)
+        B = xp.concat([B, xp.zeros((P, extra) + tuple(B.shape[2:]), dtype=B.dtype)], axis=1)
+    k = len(cols)
+    where = {j: i for i, j in enumerate(cols)}
+    # flat indices into (P * m) pairs and into (P * k) new heads
+    src, dst, kill = [], [], np.ones((P, A.shape[1]))
+    for p in range(P):
+        chosen = np.flatnonzero(over[p])[: len(slots[p])]
+        for pair, j in zip(chosen, slots[p]):
+            src.append(p * m + int(pair))
+            dst.append(p * k + where[j])
+            kill[p, j] = 0.0
+    if np.any(kill[:, :r] == 0):  # reused dead heads start from zero
+        A = A * xp.asarray(kill.reshape(kill.shape + (1,) * (A.ndim - 2)), dtype=A.dtype)
+        B = B * xp.asarray(kill.reshape(kill.shape + (1,) * (B.ndim - 2)), dtype=B.dtype)
+    sel = np.zeros(P * k)
+    sel[dst] = 1.0
+    gather = np.zeros(P * k, dtype=np.int64)
+    gather[dst] = src
+    gather = xp.asarray(gather)
+    mask = xp.asarray(sel, dtype=dtype)
+
+    def pick(x):
+        flat = xp.reshape(x, (P * m,) + tuple(x.shape[2:]))
+        out = xp.take(flat, gather, axis=0)
+        out = out * xp.reshape(mask, (P * k,) + (1,) * (out.ndim - 1))
+        return xp.reshape(out, (P, k) + tuple(x.shape[2:]))
+
+    return A, B, -pick(u), pick(v), cols, float(len(src))
+
+
+def _scatter_heads(F, new, cols, xp):
+    """``F`` with ``new`` (``(P, len(cols), ...)``) added to its columns ``cols``."""
+    if not cols:
+        return F
+    r = F.shape[1]
+    full = np.zeros((len(cols), r))
+    full[np.arange(len(cols)), cols] = 1.0
+    # (P, k, ...) -> (P, r, ...) by a 0/1 matrix: exact, and one array op on any backend
+    E = xp.asarray(full, dtype=new.dtype)
+    moved = xp.moveaxis(new, 1, -1) @ E  # (P, ..., r)
+    return F + xp.moveaxis(moved, -1, 1)
 
 
 def _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, n_new, sig_max):

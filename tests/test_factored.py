@@ -167,7 +167,8 @@ def spectra(request, monkeypatch):
 def test_factored_matches_cvxpy(case, spectra):
     S = opt.solved(case)
     est = ConvexSelfAttentionClassifier(
-        alpha=S.alpha, random_state=0, solver="factored", tol=1e-9, max_iter=20000, **S.params
+        alpha=S.alpha, random_state=0, solver="factored", tol=1e-9, tol_scale="objective",
+        max_iter=20000, **S.params
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -557,3 +558,80 @@ def test_growth_of_several_heads_reaches_the_same_optimum(cls, monkeypatch):
     for obj, gap in zip(many.convergence_["objective"], many.convergence_["dual_gap"]):
         assert gap >= obj - one.objective_ - one.dual_gap_ - 1e-12
         assert obj >= lower - 1e-12
+
+
+def test_growth_slots_fill_dead_heads_first():
+    """New heads go to a block's dead heads (zero, or decayed below DEAD_HEAD of its
+    largest) before new columns, and the columns never exceed the block's rank cap."""
+    sizes = np.array([[1.0, 0.0, 1e-12], [2.0, 1.0, 0.5]])
+    over = np.array([[True, True, True, False], [True, False, False, False]])
+    # block 0 wants 3 heads and has 2 dead ones: one new column, which block 1 takes too
+    assert _factored._growth_slots(sizes, over, cap=5) == [[1, 2, 3], [3]]
+    # at the cap: block 0 still grows into its dead heads, block 1 has no room
+    assert _factored._growth_slots(sizes, over, cap=3) == [[1, 2], []]
+    # no heads yet: new columns only
+    assert _factored._growth_slots(np.zeros((2, 0)), over, cap=5) == [[0, 1, 2], [0]]
+
+
+def test_lbfgs_clear_zeroes_the_reused_heads():
+    from array_api_compat import numpy as xp
+
+    rng = np.random.default_rng(6)
+
+    def rand():
+        return [rng.standard_normal((2, 3, 3)), rng.standard_normal((2, 3, 2, 2)),
+                rng.standard_normal(2)]
+
+    lb = _factored._LBFGS(4, xp, 1e-12)
+    S, Y = [], []
+    for _ in range(3):
+        s_ = rand()
+        y_ = [v + 0.1 * w for v, w in zip(s_, rand())]
+        S.append(s_)
+        Y.append(y_)
+        lb.add_pair(s_, y_)
+    lb.gamma = (0.5, 0.5, 2.0)
+    lb.clear([(1, 2), (0, 0)])
+
+    def zero(v):
+        a, b = v[0].copy(), v[1].copy()
+        a[1, 2] = a[0, 0] = 0.0
+        b[1, 2] = b[0, 0] = 0.0
+        return [a, b, v[2]]
+
+    g = rand()
+    got = np.concatenate([np.ravel(v) for v in lb.direction(g)])
+    ref = _two_loop([zero(v) for v in S], [zero(v) for v in Y], lb.gamma, g)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_block_at_full_width_with_dead_heads_still_grows():
+    """A start whose heads fill every column (``min(R, L c)`` of them: no column can be
+    added) but are all zero in one block: the block's dead heads take the new heads and
+    the fit reaches the cold fit's optimum. (Before, that block stayed at zero, a saddle
+    of the factored objective, and the gap stalled at 0.34 for 3000 iterations.)"""
+    X, y = make_token_clusters(n_samples=120, n_tokens=6, n_features=2, random_state=0,
+                               return_X_y=True)
+    kw = dict(alpha_ratio=0.01, n_gates=2, random_state=0, solver="factored", tol=1e-8,
+              tol_scale="objective", max_iter=3000)
+    cold = ConvexSelfAttentionClassifier(**kw).fit(X, y)
+    A, B = cold.factors_["A"], cold.factors_["B"]
+    P, r = A.shape[:2]
+    cap = 4  # d * d = d * c = 4
+    live = _factored._head_sizes(A, B) > 1e-6
+    assert live[1].any() and live[0].sum() < cap  # the optimum uses block 1
+    A2 = np.zeros((P, cap) + A.shape[2:])
+    B2 = np.zeros((P, cap) + B.shape[2:])
+    A2[0, :r], B2[0, :r] = A[0], B[0]
+    # block 0's unused columns get small live heads: no column is empty (and removed)
+    rng = np.random.default_rng(0)
+    unused = np.flatnonzero(_factored._head_sizes(A2, B2)[0] <= 1e-6)
+    A2[0, unused] = 1e-2 * rng.standard_normal(A2[0, unused].shape)
+    B2[0, unused] = 1e-2 * rng.standard_normal(B2[0, unused].shape)
+    warm = ConvexSelfAttentionClassifier(**kw, warm_start=True).fit(X, y)
+    warm.factors_ = {"A": A2, "B": B2, "matrix_free": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        warm.fit(X, y)
+    assert abs(warm.objective_ - cold.objective_) <= warm.dual_gap_ + cold.dual_gap_ + 1e-12
+    assert (_factored._head_sizes(warm.factors_["A"], warm.factors_["B"])[1] > 1e-6).any()
