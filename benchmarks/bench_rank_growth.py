@@ -1,21 +1,28 @@
-"""How many heads the factored solver adds at each rank growth: one (the leading pair of
-``-Grad_p``, the previous rule) or several (``_factored.GROW_PAIRS``, the pairs above
-``alpha`` outside the tangent space of the current heads).
+"""Rank growth of the factored solver, two rules against each other (``--compare``):
+
+* ``grow_pairs``: how many heads each growth adds, one (the leading pair of ``-Grad_p``,
+  the previous rule; ``GROW_PAIRS = 1``) or several (``_factored.GROW_PAIRS``, the pairs
+  above ``alpha`` outside the tangent space of the current heads);
+* ``dead_heads``: where they go, always into new columns (the previous rule;
+  ``DEAD_HEAD = -1``) or into the block's dead heads first (``_factored.DEAD_HEAD``:
+  a block whose heads are zero where other blocks grew can still grow once the columns
+  reach ``min(R, L c)``).
 
 Each case fits one head at one ``alpha_ratio`` with ``solver="auto"``, ``tol=1e-4``
-relative to the objective and ``--max-time`` seconds, twice in one process: with
-``GROW_PAIRS = 1`` (the reference) and with the package's value. From ``convergence_`` it
+relative to the objective and ``--max-time`` seconds, twice in one process: with the
+previous rule (the reference) and with the package's. From ``convergence_`` it
 records the seconds to a gap of ``1e-3`` and ``1e-4`` of the objective and ``1e-4`` of the
 null loss (the intercept-only model's), the iterations, the heads per block at the end
 and the test accuracy. The default cases are the ratios ``alpha_ratio="auto"`` picks on
 1,500 training rows (``docs/alpha.rst``).
 
 Data: ``sst2`` and ``fashion`` through ``tune_alpha_ratio.load``. Writes
-``results/rank_growth_<size>.json``.
+``results/rank_growth_<size>.json`` (``rank_growth_dead_heads_<size>.json``).
 
 Usage::
 
     python benchmarks/bench_rank_growth.py --cases fashion:mixer:0.01,sst2:attention:0.03
+    python benchmarks/bench_rank_growth.py --compare dead_heads
 """
 
 from __future__ import annotations
@@ -43,13 +50,17 @@ def _first(history, key, level):
     return None
 
 
-def run_case(ds, head, ratio, n_train, max_time, grow_pairs):
+#: per ``--compare``: the module constant of ``_factored`` and its previous value
+RULES = {"grow_pairs": ("GROW_PAIRS", 1), "dead_heads": ("DEAD_HEAD", -1.0)}
+
+
+def run_case(ds, head, ratio, n_train, max_time, name, value):
     from skconvexattn import _factored
     from skconvexattn.heads import get_head
 
     Xtr, ytr, Xte, yte = load(ds, n_train)
-    saved = _factored.GROW_PAIRS
-    _factored.GROW_PAIRS = grow_pairs
+    saved = getattr(_factored, name)
+    setattr(_factored, name, value)
     try:
         est = get_head(head).estimator(random_state=0, alpha_ratio=ratio, tol=1e-4,
                                        tol_scale="objective", max_time=max_time)
@@ -59,11 +70,11 @@ def run_case(ds, head, ratio, n_train, max_time, grow_pairs):
             est.fit(Xtr, ytr)
         seconds = time.perf_counter() - t0
     finally:
-        _factored.GROW_PAIRS = saved
+        setattr(_factored, name, saved)
     h = est.convergence_
     factors = getattr(est, "factors_", None)
     return {
-        "dataset": ds, "head": head, "ratio": ratio, "grow_pairs": grow_pairs,
+        "dataset": ds, "head": head, "ratio": ratio, "rule": name.lower(), "value": value,
         "solver": getattr(est, "solver_", None), "seconds": seconds, "n_iter": est.n_iter_,
         "heads": None if factors is None else int(factors["A"].shape[1]),
         "relative_gap": h["relative_gap"][-1], "null_relative_gap": h["null_relative_gap"][-1],
@@ -79,28 +90,31 @@ def main(argv=None):
 
     def extra(p):
         p.add_argument("--max-time", type=float, default=300.0, help="seconds per fit")
+        p.add_argument("--compare", choices=sorted(RULES), default="grow_pairs",
+                       help="the rule compared with its previous version")
 
     args, cases = C.parse_case_args(argv, __doc__.split("\n\n")[0], CASES, extra)
+    name, before = RULES[args.compare]
+    cols = ["dataset", "head", "ratio", "value", "seconds", "n_iter", "heads",
+            "relative_gap", "t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4", "test_accuracy"]
     if not DATA.exists():
         print(f"no data at {DATA}: nothing to measure")
         return 0
     rows = []
     for ds, head, ratio in cases:
-        for gp in (1, _factored.GROW_PAIRS):
-            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, gp))
-            C.table(rows[-1:], ["dataset", "head", "ratio", "grow_pairs", "seconds", "n_iter",
-                                "heads", "relative_gap", "t_obj_1e-3", "t_obj_1e-4",
-                                "t_null_1e-4", "test_accuracy"])
+        for value in (before, getattr(_factored, name)):
+            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, name, value))
+            C.table(rows[-1:], cols)
         ref, new = rows[-2], rows[-1]
         for key in ("t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4"):
             a, b = ref[key], new[key]
             new[f"speedup_{key}"] = (a if a is not None else math.inf) / b if b else None
-    C.table(rows, ["dataset", "head", "ratio", "grow_pairs", "seconds", "n_iter", "heads",
-                   "relative_gap", "t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4",
-                   "test_accuracy"], title="rank growth: one pair against several")
-    C.write_json(args, "rank_growth", {"rows": rows, "n_train": args.n_train,
-                                       "max_time": args.max_time,
-                                       "grow_pairs": _factored.GROW_PAIRS})
+    C.table(rows, cols, title=f"rank growth: {name} = {before} against "
+                              f"{getattr(_factored, name)}")
+    out = "rank_growth" if args.compare == "grow_pairs" else f"rank_growth_{args.compare}"
+    C.write_json(args, out, {"rows": rows, "n_train": args.n_train, "max_time": args.max_time,
+                             "rule": name.lower(), "before": before,
+                             "package": getattr(_factored, name)})
     return 0
 
 
