@@ -6,7 +6,11 @@
 * ``dead_heads``: where they go, always into new columns (the previous rule;
   ``DEAD_HEAD = -1``) or into the block's dead heads first (``_factored.DEAD_HEAD``:
   a block whose heads are zero where other blocks grew can still grow once the columns
-  reach ``min(R, L c)``).
+  reach ``min(R, L c)``);
+* ``probe`` / ``compress`` / ``probe_compress``: without or with the dual points between
+  certificates from the blocks each evaluation forms (``PROBE_MAX_SIDE = 0`` turns them
+  off) and the compression of redundant heads to each block's compact SVD
+  (``COMPRESS_RATIO`` huge turns it off).
 
 Each case fits one head at one ``alpha_ratio`` with ``solver="auto"``, ``tol=1e-4``
 relative to the objective and ``--max-time`` seconds, twice in one process: with the
@@ -23,6 +27,7 @@ Usage::
 
     python benchmarks/bench_rank_growth.py --cases fashion:mixer:0.01,sst2:attention:0.03
     python benchmarks/bench_rank_growth.py --compare dead_heads
+    python benchmarks/bench_rank_growth.py --compare probe_compress --cases sst2:attention:0.03
 """
 
 from __future__ import annotations
@@ -50,17 +55,25 @@ def _first(history, key, level):
     return None
 
 
-#: per ``--compare``: the module constant of ``_factored`` and its previous value
-RULES = {"grow_pairs": ("GROW_PAIRS", 1), "dead_heads": ("DEAD_HEAD", -1.0)}
+#: per ``--compare``: module constants of ``_factored`` and their previous values
+#: (``probe``: no dual points between certificates; ``compress``: redundant heads kept)
+RULES = {
+    "grow_pairs": {"GROW_PAIRS": 1},
+    "dead_heads": {"DEAD_HEAD": -1.0},
+    "probe": {"PROBE_MAX_SIDE": 0},
+    "compress": {"COMPRESS_RATIO": 10**9},
+    "probe_compress": {"PROBE_MAX_SIDE": 0, "COMPRESS_RATIO": 10**9},
+}
 
 
-def run_case(ds, head, ratio, n_train, max_time, name, value):
+def run_case(ds, head, ratio, n_train, max_time, overrides):
     from skconvexattn import _factored
     from skconvexattn.heads import get_head
 
     Xtr, ytr, Xte, yte = load(ds, n_train)
-    saved = getattr(_factored, name)
-    setattr(_factored, name, value)
+    saved = {k: getattr(_factored, k) for k in overrides}
+    for k, v in overrides.items():
+        setattr(_factored, k, v)
     try:
         est = get_head(head).estimator(random_state=0, alpha_ratio=ratio, tol=1e-4,
                                        tol_scale="objective", max_time=max_time)
@@ -70,11 +83,13 @@ def run_case(ds, head, ratio, n_train, max_time, name, value):
             est.fit(Xtr, ytr)
         seconds = time.perf_counter() - t0
     finally:
-        setattr(_factored, name, saved)
+        for k, v in saved.items():
+            setattr(_factored, k, v)
     h = est.convergence_
     factors = getattr(est, "factors_", None)
     return {
-        "dataset": ds, "head": head, "ratio": ratio, "rule": name.lower(), "value": value,
+        "dataset": ds, "head": head, "ratio": ratio,
+        "value": "previous" if overrides else "package",
         "solver": getattr(est, "solver_", None), "seconds": seconds, "n_iter": est.n_iter_,
         "heads": None if factors is None else int(factors["A"].shape[1]),
         "relative_gap": h["relative_gap"][-1], "null_relative_gap": h["null_relative_gap"][-1],
@@ -94,7 +109,8 @@ def main(argv=None):
                        help="the rule compared with its previous version")
 
     args, cases = C.parse_case_args(argv, __doc__.split("\n\n")[0], CASES, extra)
-    name, before = RULES[args.compare]
+    before = RULES[args.compare]
+    package = {k: getattr(_factored, k) for k in before}
     cols = ["dataset", "head", "ratio", "value", "seconds", "n_iter", "heads",
             "relative_gap", "t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4", "test_accuracy"]
     if not DATA.exists():
@@ -102,19 +118,18 @@ def main(argv=None):
         return 0
     rows = []
     for ds, head, ratio in cases:
-        for value in (before, getattr(_factored, name)):
-            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, name, value))
+        for overrides in (before, {}):
+            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, overrides))
+            rows[-1]["constants"] = overrides or package
             C.table(rows[-1:], cols)
         ref, new = rows[-2], rows[-1]
         for key in ("t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4"):
             a, b = ref[key], new[key]
             new[f"speedup_{key}"] = (a if a is not None else math.inf) / b if b else None
-    C.table(rows, cols, title=f"rank growth: {name} = {before} against "
-                              f"{getattr(_factored, name)}")
+    C.table(rows, cols, title=f"factored solver: {before} against {package}")
     out = "rank_growth" if args.compare == "grow_pairs" else f"rank_growth_{args.compare}"
     C.write_json(args, out, {"rows": rows, "n_train": args.n_train, "max_time": args.max_time,
-                             "rule": name.lower(), "before": before,
-                             "package": getattr(_factored, name)})
+                             "rule": args.compare, "before": before, "package": package})
     return 0
 
 

@@ -130,14 +130,29 @@ class LogLoss(_Datafit):
         class prior, which is what a zero intercept gradient means. At the optimal
         intercept ``eps = 0`` and nothing changes.
         """
-        xp = get_namespace(O)
         Q = self.proba(O)
         if fit_intercept:
-            m = w @ Q
-            ratio = xp.min(prior / m)
-            keep = xp.minimum(ratio, xp.ones_like(ratio))  # 1 - eps
-            Q = keep * Q + xp.clip(prior - keep * m, 0.0, None)[None, :]
+            keep, _, delta = self._mix(Q, w, prior)
+            Q = keep * Q + delta[None, :]
         return Q - Y
+
+    @staticmethod
+    def _mix(Q, w, prior):
+        xp = get_namespace(Q)
+        m = w @ Q
+        ratio = xp.min(prior / m)
+        keep = xp.minimum(ratio, xp.ones_like(ratio))  # 1 - eps
+        return keep, keep - 1.0, xp.clip(prior - keep * m, 0.0, None)
+
+    def dual_affine(self, O, Y, w, prior, fit_intercept):
+        """``(s, kappa, delta)`` with :meth:`dual_candidate` ``= s * raw_gradient + kappa *
+        Y + delta`` (``delta`` added to every row): the dual point as an affine map of
+        the loss gradient, whose gradient blocks are then those of the loss gradient
+        combined with two fixed ones (the factored solver's dual probe)."""
+        xp = get_namespace(O)
+        if not fit_intercept:
+            return 1.0, 0.0, xp.zeros_like(O[0])
+        return self._mix(self.proba(O), w, prior)
 
     def dual_value(self, theta, Y, w):
         """``-sum_i w_i l*(theta_i)``: the weighted mean entropy of ``theta_i + e_{y_i}``."""
@@ -180,6 +195,14 @@ class SquaredError(_Datafit):
         if fit_intercept:
             theta = theta - (w @ theta)[None, :]
         return theta
+
+    def dual_affine(self, O, Y, w, prior, fit_intercept):
+        """``(s, kappa, delta)`` with :meth:`dual_candidate` ``= s * raw_gradient + kappa *
+        Y + delta`` (see :meth:`LogLoss.dual_affine`)."""
+        xp = get_namespace(O)
+        if not fit_intercept:
+            return 1.0, 0.0, xp.zeros_like(O[0])
+        return 1.0, 0.0, -(w @ (O - Y))
 
     def dual_value(self, theta, Y, w):
         xp = get_namespace(theta)

@@ -394,6 +394,11 @@ class LiftedFactorOperator:
     def value_and_grads(self, A, B, intercept, datafit, Y, w):
         """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits:
         one forward and one adjoint product."""
+        return self.value_grads_blocks(A, B, intercept, datafit, Y, w)[:5]
+
+    def value_grads_blocks(self, A, B, intercept, datafit, Y, w):
+        """:meth:`value_and_grads` and the gradient blocks ``Grad_p`` it formed on the
+        way, ``(P, R, L c)`` (the factored solver's dual probe reads them)."""
         xp = get_namespace(A)
         P, r = A.shape[0], A.shape[1]
         O = self.op.forward(self._Z(A, B)) + intercept[None, :]
@@ -403,7 +408,7 @@ class LiftedFactorOperator:
         gA = xp.reshape(xp.matmul(Bm, xp.permute_dims(G, (0, 2, 1))), A.shape)
         gB = xp.reshape(xp.matmul(self._flat(A), G), B.shape)
         gb = w @ theta
-        return f, gA, gB, gb, O
+        return f, gA, gB, gb, O, G
 
 
 def cast_operator(op, dtype):

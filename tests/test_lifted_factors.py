@@ -140,3 +140,91 @@ def test_warm_start_and_float32(cls):
     assert est.solver_ == "factored"
     assert est.factors_["A"].dtype == np.float32 and est.coef_.dtype == np.float32
     assert est.n_iter_ < max(n_cold, 2)
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "squared_error"])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("center", [False, True])
+def test_dual_probe_forms_the_dual_points_blocks(loss, fit_intercept, center):
+    """The probe's spectral norm and dual value equal those of the dual point's blocks
+    formed directly (one adjoint of ``w theta``), from the loss gradient's blocks and the
+    two fixed ones: the affine form of the dual point and the class layout of the columns."""
+    from skconvexattn._factored import _DualProbe, _host
+    from skconvexattn._factored_ops import LiftedFactorOperator as LFO
+    from skconvexattn._solver import prior_and_start
+
+    op, lifted, rng = _wrapped(center)
+    assert isinstance(op, LFO)
+    fit = get_datafit(loss)
+    Y = np.eye(4)[rng.integers(0, 4, 30)]
+    w = rng.uniform(0.5, 1.5, 30)
+    w /= w.sum()
+    prior, _ = prior_and_start(fit, Y, w, fit_intercept)
+    A = rng.standard_normal((2, 3, 3, 3)) * 0.5
+    B = rng.standard_normal((2, 3, 3, 4)) * 0.5
+    b = rng.standard_normal(4)
+    f, gA, gB, gb, O, G = op.value_grads_blocks(A, B, b, fit, Y, w)
+    np.testing.assert_allclose(G, op.gradient_blocks(w[:, None] * fit.raw_gradient(O, Y)),
+                               rtol=1e-12, atol=1e-14)
+    theta = fit.dual_candidate(O, Y, w, prior, fit_intercept)
+    s, kappa, delta = fit.dual_affine(O, Y, w, prior, fit_intercept)
+    np.testing.assert_allclose(s * fit.raw_gradient(O, Y) + kappa * Y + delta[None, :], theta,
+                               rtol=1e-12, atol=1e-14)
+    spec = max(np.linalg.norm(Gp, 2) for Gp in op.gradient_blocks(w[:, None] * theta))
+    for alpha in (0.3 * spec, 3 * spec):
+        probe = _DualProbe(op, fit, Y, w, prior, fit_intercept, alpha, every=1)
+        expect = _host(fit.dual_value(min(1.0, alpha / spec) * theta, Y, w))[0]
+        assert probe.dual_value(O, G) == pytest.approx(expect, rel=1e-10, abs=1e-13)
+
+
+def test_compressed_heads_keep_the_blocks():
+    """Redundant heads (many columns spanning a small rank) become the blocks' balanced
+    compact SVD: the same products ``Z_p``, the nuclear norm as penalty, fewer columns."""
+    from skconvexattn._factored import _compressed_heads, factor_nuclear_norms
+
+    rng = np.random.default_rng(0)
+    P, r = 3, 12
+    mixA = rng.standard_normal((P, r, 2))  # every block has rank 2 (block 1: rank 1)
+    A = np.einsum("pjk,pkr->pjr", mixA, rng.standard_normal((P, 2, 9))).reshape(P, r, 3, 3)
+    B = np.einsum("pjk,pkl->pjl", rng.standard_normal((P, r, 2)),
+                  rng.standard_normal((P, 2, 8))).reshape(P, r, 2, 4)
+    B[1] = np.outer(rng.standard_normal(r), rng.standard_normal(8)).reshape(r, 2, 4)
+    out = _compressed_heads(A, B)
+    assert out is not None
+    A2, B2 = out
+    assert A2.shape == (P, 2, 3, 3) and B2.shape == (P, 2, 2, 4)
+
+    def Z(A, B):
+        return np.einsum("pjr,pjl->prl", A.reshape(P, A.shape[1], -1), B.reshape(P, B.shape[1], -1))
+
+    np.testing.assert_allclose(Z(A2, B2), Z(A, B), rtol=1e-10, atol=1e-10 * np.abs(Z(A, B)).max())
+    nuc = factor_nuclear_norms(A, B).sum()
+    penalty = 0.5 * (np.sum(A2**2) + np.sum(B2**2))
+    assert penalty == pytest.approx(nuc, rel=1e-8)  # both from r x r Gram matrices
+    assert penalty < 0.5 * (np.sum(A**2) + np.sum(B**2))
+    # full-rank heads are left alone
+    assert _compressed_heads(rng.standard_normal((P, 4, 3, 3)), rng.standard_normal((P, 4, 2, 4))) is None
+
+
+def test_dual_probe_only_stops_earlier(monkeypatch):
+    """The dual points between certificates change when the fit stops, never its path:
+    the same objectives at every common certificate, no more iterations, and a gap that
+    still bounds the suboptimality (against a much tighter fit)."""
+    from skconvexattn import _factored
+    from skconvexattn import ConvexSelfAttentionClassifier as Head
+
+    X, y = _data(n=80, seed=3)
+    params = dict(alpha_ratio=0.05, n_gates=2, tol=1e-6, max_iter=3000, random_state=0)
+    monkeypatch.setattr(_factored, "PROBE_MIN_WORK", 0.0)  # tiny blocks: probe them too
+    with_probe = Head(**params).fit(X, y)
+    assert with_probe.solver_ == "factored" and "lifted" in with_probe.memory_plan_
+    monkeypatch.setattr(_factored, "PROBE_MAX_SIDE", 0)
+    without = Head(**params).fit(X, y)
+    h1, h0 = with_probe.convergence_, without.convergence_
+    k = len(h1["objective"])
+    assert k <= len(h0["objective"]) and with_probe.n_iter_ <= without.n_iter_
+    np.testing.assert_allclose(h1["objective"][: k - 1], h0["objective"][: k - 1], rtol=1e-12)
+    assert with_probe.dual_gap_ <= 1e-6 * with_probe.null_objective_
+    ref = Head(**{**params, "tol": 1e-12, "tol_scale": "objective"}).fit(X, y)
+    assert with_probe.dual_gap_ >= with_probe.objective_ - ref.objective_ - 1e-12
+    assert with_probe.n_iter_ < without.n_iter_  # it did stop earlier here
