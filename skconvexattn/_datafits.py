@@ -130,29 +130,23 @@ class LogLoss(_Datafit):
         class prior, which is what a zero intercept gradient means. At the optimal
         intercept ``eps = 0`` and nothing changes.
         """
-        Q = self.proba(O)
-        if fit_intercept:
-            keep, _, delta = self._mix(Q, w, prior)
-            Q = keep * Q + delta[None, :]
-        return Q - Y
+        return self.dual_point(O, Y, w, prior, fit_intercept)[0]
 
-    @staticmethod
-    def _mix(Q, w, prior):
-        xp = get_namespace(Q)
+    def dual_point(self, O, Y, w, prior, fit_intercept):
+        """:meth:`dual_candidate` ``theta`` and ``(s, kappa, delta)`` with ``theta = s *
+        raw_gradient + kappa * Y + delta`` (``delta`` added to every row), from one
+        softmax: the dual point as an affine map of the loss gradient, whose gradient
+        blocks are then those of the loss gradient combined with two fixed ones (the
+        factored solver's dual probe)."""
+        xp = get_namespace(O)
+        Q = self.proba(O)
+        if not fit_intercept:
+            return Q - Y, (1.0, 0.0, xp.zeros_like(Q[0, :]))
         m = w @ Q
         ratio = xp.min(prior / m)
         keep = xp.minimum(ratio, xp.ones_like(ratio))  # 1 - eps
-        return keep, keep - 1.0, xp.clip(prior - keep * m, 0.0, None)
-
-    def dual_affine(self, O, Y, w, prior, fit_intercept):
-        """``(s, kappa, delta)`` with :meth:`dual_candidate` ``= s * raw_gradient + kappa *
-        Y + delta`` (``delta`` added to every row): the dual point as an affine map of
-        the loss gradient, whose gradient blocks are then those of the loss gradient
-        combined with two fixed ones (the factored solver's dual probe)."""
-        xp = get_namespace(O)
-        if not fit_intercept:
-            return 1.0, 0.0, xp.zeros_like(O[0])
-        return self._mix(self.proba(O), w, prior)
+        delta = xp.clip(prior - keep * m, 0.0, None)
+        return keep * Q + delta[None, :] - Y, (keep, keep - 1.0, delta)
 
     def dual_value(self, theta, Y, w):
         """``-sum_i w_i l*(theta_i)``: the weighted mean entropy of ``theta_i + e_{y_i}``."""
@@ -191,18 +185,16 @@ class SquaredError(_Datafit):
 
     def dual_candidate(self, O, Y, w, prior, fit_intercept):
         """The residual, centred (weighted) when there is an intercept."""
-        theta = O - Y
-        if fit_intercept:
-            theta = theta - (w @ theta)[None, :]
-        return theta
+        return self.dual_point(O, Y, w, prior, fit_intercept)[0]
 
-    def dual_affine(self, O, Y, w, prior, fit_intercept):
-        """``(s, kappa, delta)`` with :meth:`dual_candidate` ``= s * raw_gradient + kappa *
-        Y + delta`` (see :meth:`LogLoss.dual_affine`)."""
+    def dual_point(self, O, Y, w, prior, fit_intercept):
+        """:meth:`dual_candidate` and its affine form (see :meth:`LogLoss.dual_point`)."""
         xp = get_namespace(O)
+        theta = O - Y
         if not fit_intercept:
-            return 1.0, 0.0, xp.zeros_like(O[0])
-        return 1.0, 0.0, -(w @ (O - Y))
+            return theta, (1.0, 0.0, xp.zeros_like(theta[0, :]))
+        delta = -(w @ theta)
+        return theta + delta[None, :], (1.0, 0.0, delta)
 
     def dual_value(self, theta, Y, w):
         xp = get_namespace(theta)

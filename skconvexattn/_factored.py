@@ -764,17 +764,11 @@ def factored_solve(
     else:
         O = xp.zeros_like(Y) + b[None, :]
     if probe is not None:
-        accepted = [0]
-
         def between_certificates(F_step, O_step):
             # a dual point from the blocks L-BFGS just formed: the gap closes at the first
             # iterate whose dual point is good enough, not at the next certificate
             nonlocal best_dual
-            accepted[0] += 1
-            if accepted[0] < probe.every:
-                return False
             best_dual = max(best_dual, probe.dual_value(O_step, fun.blocks))
-            accepted[0] = 0
             stats["probes"] = stats.get("probes", 0) + 1
             # F_step (the factors' penalty) bounds the objective from above, best_dual
             # from below
@@ -941,7 +935,7 @@ class _DualProbe:
     evaluation forms anyway (operators with ``value_grads_blocks``: the lifted ones).
 
     The certificate's dual point ``theta = s * theta_raw + kappa * Y + delta``
-    (:meth:`dual_affine` of the datafit) has the gradient blocks
+    (:meth:`dual_point` of the datafit) has the gradient blocks
     ``s * Grad(w theta_raw) + kappa * Grad(w Y) + Grad(w delta)``: the first is the
     evaluation's, the other two are fixed (``Grad(w delta)`` is ``delta_k`` times the
     weighted mean features in the columns of class ``k``). Their exact spectral norms (from
@@ -952,11 +946,10 @@ class _DualProbe:
     every dual point is feasible, so the best one counts.
     """
 
-    def __init__(self, op, datafit, Y, w, prior, fit_intercept, alpha, every):
+    def __init__(self, op, datafit, Y, w, prior, fit_intercept, alpha):
         xp = get_namespace(Y)
         self.datafit, self.Y, self.w = datafit, Y, w
         self.prior, self.fit_intercept, self.alpha = prior, fit_intercept, float(alpha)
-        self.every = int(every)
         self.xp = xp
         self.G_y = op.gradient_blocks(w[:, None] * Y)
         P, R, Lc = self.G_y.shape
@@ -969,7 +962,7 @@ class _DualProbe:
     @classmethod
     def for_operator(cls, op, datafit, Y, w, prior, fit_intercept, alpha):
         """The probe for ``op``, or ``None`` when it forms no blocks or they are large."""
-        if getattr(op, "value_grads_blocks", None) is None or not hasattr(datafit, "dual_affine"):
+        if getattr(op, "value_grads_blocks", None) is None or not hasattr(datafit, "dual_point"):
             return None
         R, Lc = math.prod(op.a_shape), op.d * Y.shape[1]
         side = min(R, Lc)
@@ -977,14 +970,14 @@ class _DualProbe:
             return None
         if op.P * R * Lc * side < PROBE_MIN_WORK:
             return None
-        return cls(op, datafit, Y, w, prior, fit_intercept, alpha, every=1)
+        return cls(op, datafit, Y, w, prior, fit_intercept, alpha)
 
     def dual_value(self, O, G):
         """The dual objective at the scaled dual point of the logits ``O`` whose loss
         gradient has the blocks ``G``."""
         xp, df = self.xp, self.datafit
-        theta = df.dual_candidate(O, self.Y, self.w, self.prior, self.fit_intercept)
-        s_, kappa, delta = df.dual_affine(O, self.Y, self.w, self.prior, self.fit_intercept)
+        theta, (s_, kappa, delta) = df.dual_point(
+            O, self.Y, self.w, self.prior, self.fit_intercept)
         Gd = s_ * G + kappa * self.G_y + xp.reshape(self.G_1 * delta, self.shape)
         Gd = xp.astype(Gd, xp.float64)
         P, R, Lc = self.shape

@@ -167,12 +167,13 @@ def test_dual_probe_forms_the_dual_points_blocks(loss, fit_intercept, center):
     np.testing.assert_allclose(G, op.gradient_blocks(w[:, None] * fit.raw_gradient(O, Y)),
                                rtol=1e-12, atol=1e-14)
     theta = fit.dual_candidate(O, Y, w, prior, fit_intercept)
-    s, kappa, delta = fit.dual_affine(O, Y, w, prior, fit_intercept)
+    theta_p, (s, kappa, delta) = fit.dual_point(O, Y, w, prior, fit_intercept)
+    np.testing.assert_array_equal(theta_p, theta)
     np.testing.assert_allclose(s * fit.raw_gradient(O, Y) + kappa * Y + delta[None, :], theta,
                                rtol=1e-12, atol=1e-14)
     spec = max(np.linalg.norm(Gp, 2) for Gp in op.gradient_blocks(w[:, None] * theta))
     for alpha in (0.3 * spec, 3 * spec):
-        probe = _DualProbe(op, fit, Y, w, prior, fit_intercept, alpha, every=1)
+        probe = _DualProbe(op, fit, Y, w, prior, fit_intercept, alpha)
         expect = _host(fit.dual_value(min(1.0, alpha / spec) * theta, Y, w))[0]
         assert probe.dual_value(O, G) == pytest.approx(expect, rel=1e-10, abs=1e-13)
 
