@@ -215,8 +215,12 @@ def test_full_spectrum_equals_no_truncation(s, activation):
     modes = ConvexFNOClassifier(n_modes=s // 2 + 1, **kw).fit(X, y)
     assert modes.coef_.shape == full.coef_.shape
     np.testing.assert_allclose(modes.objective_, full.objective_, rtol=1e-8)
+    # Two fits certified to a relative gap <= tol agree in objective to ~tol but in logits only
+    # to ~sqrt(tol) (the loss is quadratic near its optimum): 1.5e-6 was seen on another BLAS.
+    # Dropping one mode moves the gated logits by ~0.4 of their scale, so this still bites.
+    scale = np.abs(full.decision_function(X)).max()
     np.testing.assert_allclose(modes.decision_function(X), full.decision_function(X),
-                               rtol=1e-8, atol=1e-8 * np.abs(full.decision_function(X)).max())
+                               rtol=0, atol=np.sqrt(kw["tol"]) * scale)
     # truncation is a restriction: fewer weights, an objective no lower
     low = ConvexFNOClassifier(n_modes=1, **kw).fit(X, y)
     assert low.coef_.shape[1] == 2
