@@ -117,6 +117,10 @@ def _extra_args(p):
     p.add_argument("--no-baselines", action="store_true", help="skip logistic regression")
     p.add_argument("--alpha-ratio", default="auto",
                    help="a fixed alpha_ratio instead of the default held-out choice")
+    p.add_argument("--compare", default=None, choices=["path_start"],
+                   help="path_start: each head twice in one process, its final fit from zero "
+                        "with gates drawn apart from the path's (the rule before) and from "
+                        "the path's solution at the chosen ratio (the default)")
 
 
 def main(argv=None):
@@ -124,7 +128,10 @@ def main(argv=None):
     cfg = SIZES[a.size]
     n_train = a.n_train if a.n_train is not None else cfg["n_train"]
     rows = []
-    name = f"defaults_{a.device}"
+    name = f"defaults_{a.device}" + (f"_{a.compare}" if a.compare else "")
+    from skconvexattn import _auto_alpha
+
+    modes = {"path_start": ("from zero", "from path")}.get(a.compare, ("",))
 
     def save():
         return C.write_json(a, name, {"n_train": n_train, "rows": rows})
@@ -143,12 +150,23 @@ def main(argv=None):
                              "test_accuracy": r["test_accuracy"]})
         for head in (a.heads or cfg["heads"]).split(","):
             ratio = a.alpha_ratio if a.alpha_ratio == "auto" else float(a.alpha_ratio)
-            rows.append({**base, **default_fit(head, Xtr, ytr, Xte, yte, a.device, ratio)})
-            print(json.dumps(rows[-1]), flush=True)
-            save()
-    C.table(rows, ["dataset", "n_train", "head", "alpha_ratio", "selection_s", "fit_s", "n_iter",
-                   "relative_gap", "met_tol", "test_accuracy"],
-            title=f"default parameters ({a.device})")
+            for mode in modes:
+                if a.compare == "path_start":
+                    _auto_alpha.PATH_START = mode == "from path"
+                row = {**base, **default_fit(head, Xtr, ytr, Xte, yte, a.device, ratio)}
+                if a.compare:
+                    row["mode"] = mode
+                    row["final_s"] = row["fit_s"] - row["selection_s"]
+                rows.append(row)
+                print(json.dumps(rows[-1]), flush=True)
+                save()
+            _auto_alpha.PATH_START = True
+    cols = ["dataset", "n_train", "head", "alpha_ratio", "selection_s", "fit_s", "n_iter",
+            "relative_gap", "met_tol", "test_accuracy"]
+    if a.compare:
+        cols[3:3] = ["mode"]
+        cols[6:6] = ["final_s"]
+    C.table(rows, cols, title=f"default parameters ({a.device})")
     return save()
 
 

@@ -17,7 +17,9 @@ all the samples at the largest ratio whose held-out loss exceeds the smallest by
 half a standard error of the mean per-sample difference between the two
 (:data:`SE_FRACTION`). Ratios that close are
 indistinguishable on the held-out part, and the larger one is the simpler model and the
-faster to certify.
+faster to certify. The path's fits use the final fit's gates (drawn from all the
+samples), so each solves the final fit's program on the 80 %, and the final fit starts
+from the path's solution at the chosen ratio rather than from zero (:data:`PATH_START`).
 
 The loss, not the accuracy: on a few hundred held-out samples the accuracy moves in steps
 of ``1/n`` and ties (the Mixer on Fashion-MNIST patches scored 0.800 at both 0.03 and
@@ -82,6 +84,11 @@ PATH_TOL = 1e-3
 PATH_TOL_SCALE = "null"
 #: the most iterations of a path fit (whatever ``max_iter``): they only rank the ratios
 PATH_MAX_ITER = 1000
+#: whether the path solves the final fit's program (its gates) so that the final fit
+#: starts from the path's solution at the chosen ratio; False: the path draws gates from
+#: its 80 % and the final fit starts from zero (the rule before; ``bench_defaults.py
+#: --compare path_start`` measures both)
+PATH_START = True
 #: a larger ratio is chosen when its mean held-out loss exceeds the smallest by at most
 #: this many standard errors of the mean per-sample difference between the two
 SE_FRACTION = 0.5
@@ -113,11 +120,25 @@ def _held_out(probe, X, y):
 
 
 def _fixed(reason):
-    return FALLBACK_RATIO, {"method": "fixed", "ratio": FALLBACK_RATIO, "reason": reason}
+    return FALLBACK_RATIO, {"method": "fixed", "ratio": FALLBACK_RATIO, "reason": reason}, None
 
 
-def select_alpha_ratio(est, X, y, sample_weight=None):
-    """The ``alpha_ratio`` of a fit of ``est`` with ``alpha_ratio="auto"``.
+def _solution(probe):
+    """What a fit of the same program may start from: the fitted ``probe``'s factors
+    (factored solver) or coefficients (FISTA), intercept, classes and input scale."""
+    fista = probe.solver_ == "fista"
+    return {
+        "factors": probe.__dict__.get("factors_"),
+        "coef": probe.coef_ if fista else None,  # the lifted coefficients: FISTA's only
+        "intercept": probe.intercept_,
+        "classes": probe.classes_,
+        "scale_exp": probe.input_scale_exp_,
+    }
+
+
+def select_alpha_ratio(est, X, y, sample_weight=None, gates=None):
+    """The ``alpha_ratio`` of a fit of ``est`` with ``alpha_ratio="auto"``, and the path's
+    solution at that ratio, where the fit on all the samples may start.
 
     Parameters
     ----------
@@ -130,6 +151,11 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         Class labels.
     sample_weight : array-like of shape (n_samples,), default=None
         Weights of the samples; the held-out loss and accuracy are weighted by them.
+    gates : tuple, default=None
+        ``(gates, scale_exp)``: the gates of the fit on all the samples (drawn from all
+        of them) and its input scale exponent. The path's fits use them (instead of
+        gates drawn from their 80 %), so that they solve the final fit's program on a
+        part of its data.
 
     Returns
     -------
@@ -141,6 +167,10 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         ``standard_errors`` of each one's difference to the smallest, their held-out
         accuracies (``scores``), ``n_train``, ``n_validation`` and ``seconds``; for
         ``"fixed"`` the ``reason``.
+    start : dict or None
+        The path's solution at ``ratio`` (``factors``, ``coef``, ``intercept``,
+        ``classes``, ``scale_exp``), found with ``gates``; ``None`` without ``gates``
+        or for ``"fixed"``.
     """
     try:
         n = int(_num_samples(X))
@@ -178,6 +208,10 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         # objective, small ratios cost several times the iterations for held-out losses
         # equal to 3 digits (docs/alpha.rst)
         probe.set_params(tol_scale=PATH_TOL_SCALE)
+    if not PATH_START:
+        gates = None
+    if gates is not None:
+        probe._path_gates = gates  # consumed by _prepare when the scale matches
     deadline = None if est.max_time is None else time.monotonic() + 0.5 * est.max_time
     t0 = time.monotonic()
     w_va = np.ones(len(val)) if sw_va is None else sw_va
@@ -191,7 +225,7 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         var = float(w_va @ np.square(diff - w_va @ diff))
         return math.sqrt(max(var, 0.0) / max(n_eff, 1.0))
 
-    ratios, scores, losses, per_sample = [], [], [], []
+    ratios, scores, losses, per_sample, solutions = [], [], [], [], []
     best, since_best = math.inf, 0
     for ratio in AUTO_RATIOS:
         if deadline is not None:
@@ -212,6 +246,8 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         scores.append(score)
         per_sample.append(lv)
         losses.append(float(w_va @ lv))
+        # the solutions are kept only when they solve the final fit's program (its gates)
+        solutions.append(_solution(probe) if gates is not None else None)
         if est.verbose:
             print(f"[alpha_ratio=auto] ratio {ratio:g}: held-out loss {losses[-1]:.4f}, "
                   f"accuracy {score:.4f} ({probe.n_iter_} iterations, {t_fit:.1f} s)")
@@ -228,8 +264,12 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
     top = int(np.argmin(losses))
     ses = [se(k, top) for k in range(len(ratios))]
     # the ratios decrease along the path: the first one within reach is the largest
-    chosen = next(r for k, r in enumerate(ratios)
-                  if losses[k] <= losses[top] + SE_FRACTION * ses[k])
+    k_chosen = next(k for k in range(len(ratios))
+                    if losses[k] <= losses[top] + SE_FRACTION * ses[k])
+    chosen = ratios[k_chosen]
+    start = solutions[k_chosen]
+    if start is not None and probe.gates_ is not gates[0]:
+        start = None  # the 80 % had another scale exponent: the path drew its own gates
     return chosen, {
         "method": "holdout",
         "ratio": chosen,
@@ -240,4 +280,4 @@ def select_alpha_ratio(est, X, y, sample_weight=None):
         "n_train": int(train.shape[0]),
         "n_validation": int(val.shape[0]),
         "seconds": time.monotonic() - t0,
-    }
+    }, start

@@ -184,6 +184,14 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             from ._dask import dask_setup
 
             return dask_setup(self, X, y, sample_weight, reset=reset)
+        return self._build_operator(self._prepare(X, y, sample_weight, reset=reset))
+
+    def _prepare(self, X, y, sample_weight, *, reset):
+        """The cheap first half of :meth:`_setup` (in-memory ``X``): validation, the
+        solver and memory plan (so that their errors come before any allocation),
+        weights, token moments and the gates. A private ``_path_gates`` ``(gates,
+        scale_exp)`` (set by ``alpha_ratio="auto"`` on its path's fits) replaces the
+        drawn gates when ``X`` has the same scale exponent."""
         X3, y = check_tokens(self, X, y, reset=reset, n_tokens=self.n_tokens, require_y=True)
         # extreme scales (float32 X * 1e13 for self-attention): solve the same program on
         # X * 2**scale_exp, exactly (powers of two), with alpha scaled to match
@@ -227,9 +235,25 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             and _same_gate_key(getattr(self, "_gate_key", None), gate_key)
         ):
             gates = self.gates_  # same data moments: the gates a cold fit would draw
+        elif getattr(self, "_path_gates", (None, None))[1] == scale_exp:
+            gates = self._path_gates[0]  # the final fit's gates, on a part of its data
         else:
             gates = self._init_gates(rng, X3, w, mu, sigma)
+        return Bunch(
+            factored=factored, solver=solver, X3=X3, y_enc=y_enc, classes=classes,
+            dtype=dtype, block_shape=(P, R, L), plan=plan, backend=backend, gates=gates,
+            gate_key=gate_key, w=w, scale_exp=scale_exp,
+        )
 
+    def _build_operator(self, prep):
+        """The second half of :meth:`_setup`: the data on the device, the (lifted or
+        factor) operator and ``alpha_max`` from the gradient at zero."""
+        X3, y_enc, classes, w, gates = prep.X3, prep.y_enc, prep.classes, prep.w, prep.gates
+        backend, dtype, solver, factored = prep.backend, prep.dtype, prep.solver, prep.factored
+        P, R, L = prep.block_shape
+        plan, scale_exp, gate_key = prep.plan, prep.scale_exp, prep.gate_key
+        n, s, d = X3.shape
+        c = classes.shape[0]
         Xd = backend.asarray(X3)
         Y = np.zeros((n, c), dtype=dtype)
         Y[np.arange(n), y_enc] = 1.0
@@ -305,13 +329,16 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             return float(self.alpha)
         return float(ratio) * amax
 
-    def _choose_alpha_ratio(self, X, y, sample_weight):
-        """The ratio of this fit and how it was chosen (``alpha_selection_``)."""
+    def _choose_alpha_ratio(self, X, y, sample_weight, gates=None):
+        """The ratio of this fit, how it was chosen (``alpha_selection_``) and where the
+        fit may start (``"auto"``: the path's solution at that ratio, found with
+        ``gates``, a ``(gates, scale_exp)`` pair, when given; else ``None``)."""
         if self.alpha is not None:
-            return None, {"method": "absolute"}
+            return None, {"method": "absolute"}, None
         if self.alpha_ratio == "auto":
-            return select_alpha_ratio(self, X, y, sample_weight)
-        return float(self.alpha_ratio), {"method": "given", "ratio": float(self.alpha_ratio)}
+            return select_alpha_ratio(self, X, y, sample_weight, gates=gates)
+        ratio = float(self.alpha_ratio)
+        return ratio, {"method": "given", "ratio": ratio}, None
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
@@ -348,8 +375,18 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         # max_time bounds the whole fit: the final solve gets what the choice of alpha and
         # the set-up (gates, lifted features) left
         self._deadline = None if self.max_time is None else time.monotonic() + self.max_time
-        ratio, selection = self._choose_alpha_ratio(X, y, sample_weight)
-        st = self._setup(X, y, sample_weight, reset=True)
+        if is_dask_array(X):
+            ratio, selection, start = self._choose_alpha_ratio(X, y, sample_weight)
+            st = self._setup(X, y, sample_weight, reset=True)
+        else:
+            # the gates first: "auto" fits its path with them, so that the path's solution
+            # at the chosen ratio is a start for this fit (same program, 80 % of the data)
+            prep = self._prepare(X, y, sample_weight, reset=True)
+            ratio, selection, start = self._choose_alpha_ratio(
+                X, y, sample_weight, gates=(prep.gates, prep.scale_exp)
+            )
+            st = self._build_operator(prep)
+            del prep
         P, R, L = st.block_shape
         c = st.classes.shape[0]
         dtype, backend, op, datafit = st.dtype, st.backend, st.op, st.datafit
@@ -360,6 +397,13 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             and self.coef_.shape == (P, R, L * c)
             and np.array_equal(getattr(self, "classes_", None), st.classes)
         )
+        # warm_start's previous solution, read before this fit's attributes replace it
+        previous = None if not self.warm_start else {
+            "factors": self.__dict__.get("factors_"),
+            "intercept": getattr(self, "intercept_", None),
+            "classes": getattr(self, "classes_", None),
+            "scale_exp": getattr(self, "input_scale_exp_", 0),
+        }
         self.gates_ = st.gates
         self._gate_key = st.gate_key
         self.classes_ = st.classes
@@ -389,8 +433,10 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         # value certifies it at iteration 0 (alpha_ stays 0, the value asked for)
         alpha_solve = alpha if alpha > 0 else 1.0
         if st.factored:
-            return self._fit_factored(st, alpha_solve)
+            return self._fit_factored(st, alpha_solve, start, previous)
         coef_init = intercept_init = step_init = None
+        if start is not None:  # recorded with the choice of alpha; True below if used
+            self.alpha_selection_["started_from_path"] = False
         # a path predictor (see model_selection.regularization_path): used only when its
         # objective beats the previous solution's
         predicted = self.__dict__.pop("_warm_candidates", ())
@@ -412,6 +458,18 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 if value < best:  # a NaN value is never chosen
                     best, coef_init, intercept_init = value, c_init, b_init
             step_init = getattr(self, "_solver_step", None)
+        elif (
+            start is not None
+            and start.get("coef") is not None
+            and start["coef"].shape == (P, R, L * c)
+            and np.array_equal(start["classes"], st.classes)
+            and start["scale_exp"] == st.scale_exp
+        ):  # the alpha path's solution at this ratio
+            coef_init = backend.asarray(start["coef"].astype(dtype))
+            intercept_init = (
+                backend.asarray(start["intercept"].astype(dtype)) + op.intercept_shift(coef_init)
+            )
+            self.alpha_selection_["started_from_path"] = True
         res = fista(
             op,
             datafit,
@@ -603,28 +661,37 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
         return op, float(sig0.max())
 
-    def _fit_factored(self, st, alpha):
+    def _fit_factored(self, st, alpha, start=None, previous=None):
         """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
-        heads with rank growth and the same duality-gap certificate as FISTA."""
+        heads with rank growth and the same duality-gap certificate as FISTA. It starts
+        from ``previous`` (the previous fit's solution, with ``warm_start``), else from
+        ``start`` (the alpha path's solution at this ratio, see :meth:`fit`), when either
+        has this program's shapes, classes and input scale; else from zero. Both are
+        dicts of ``factors``, ``intercept``, ``classes`` and ``scale_exp``."""
         backend, dtype = st.backend, st.dtype
         n, s, d = st.X3.shape
         c = st.classes.shape[0]
-        prev = self.__dict__.get("factors_")
-        warm = (
-            self.warm_start
-            and prev is not None
-            and prev["A"].shape[2:] == tuple(st.op.a_shape)
-            and prev["B"].shape[2:] == (st.op.d, c)
-            and prev["A"].shape[0] == st.block_shape[0]
-            and np.array_equal(getattr(self, "classes_", None), st.classes)
-            and getattr(self, "input_scale_exp_", 0) == st.scale_exp
-        )
+        def usable(src):  # factors of the same program's shapes, classes and scale
+            f = None if src is None else src.get("factors")
+            return (
+                f is not None
+                and f["A"].shape[2:] == tuple(st.op.a_shape)
+                and f["B"].shape[2:] == (st.op.d, c)
+                and f["A"].shape[0] == st.block_shape[0]
+                and np.array_equal(src["classes"], st.classes)
+                and src["scale_exp"] == st.scale_exp
+            )
+
+        # warm_start's previous solution first, else the alpha path's at this ratio
+        src = next((p for p in (previous, start) if usable(p)), None)
+        if start is not None:  # recorded with the choice of alpha
+            self.alpha_selection_["started_from_path"] = src is not None and src is start
         A0 = B0 = b_init = None
         lifted = st.solver == "factored-lifted"
-        if warm:
-            A0 = backend.asarray(prev["A"].astype(dtype))
-            B0 = backend.asarray(prev["B"].astype(dtype))
-            b_init = backend.asarray(self.intercept_.astype(dtype))
+        if src is not None:
+            A0 = backend.asarray(src["factors"]["A"].astype(dtype))
+            B0 = backend.asarray(src["factors"]["B"].astype(dtype))
+            b_init = backend.asarray(src["intercept"].astype(dtype))
             if lifted and A0.shape[1] > 0:  # the solver's intercept: on centred features
                 b_init = b_init + st.op.intercept_shift(A0, B0)
         refine = self._float64_refinement(st)

@@ -139,6 +139,8 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     fixed = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=est.alpha_ratio_)
     fixed.fit(X, y)
     assert fixed.alpha_selection_["method"] == "given"
+    assert "started_from_path" not in fixed.alpha_selection_
+    assert sel["started_from_path"] is True
     assert fixed.objective_ == pytest.approx(est.objective_, rel=1e-6)
     # the held-out scores are those of the path's fits: recompute one
     from sklearn.model_selection import train_test_split
@@ -148,7 +150,14 @@ def test_auto_ratio_is_the_best_held_out_ratio(large):
     tr, va = train_test_split(np.arange(len(y)), test_size=VALIDATION_FRACTION,
                               stratify=y, random_state=seed)
     one = ConvexMLPClassifier(n_gates=2, random_state=0, alpha_ratio=sel["ratios"][0],
-                              tol=1e-3).fit(X[np.sort(tr)], y[np.sort(tr)])
+                              tol=1e-3)
+    # the path solves the final fit's program (its gates, drawn from all the samples) on
+    # the 80 %: a fit with gates drawn from the 80 % scores otherwise
+    own = clone(one).fit(X[np.sort(tr)], y[np.sort(tr)])
+    assert not np.allclose(own.gates_["H"], est.gates_["H"])
+    one._path_gates = (est.gates_, est.input_scale_exp_)
+    one.fit(X[np.sort(tr)], y[np.sort(tr)])
+    assert one.gates_ is est.gates_
     assert one.score(X[np.sort(va)], y[np.sort(va)]) == pytest.approx(sel["scores"][0])
     from sklearn.metrics import log_loss
 
@@ -186,6 +195,46 @@ def test_auto_path_stops_past_its_minimum(large, monkeypatch, curve, n_fitted):
     assert len(sel["ratios"]) == len(calls) == n_fitted
     assert sel["losses"] == pytest.approx([m for m, _ in curve[:n_fitted]])
     assert sel["ratio"] == sel["ratios"][int(np.argmin(sel["losses"]))]
+
+
+@pytest.mark.parametrize("solver", ["factored", "fista"])
+def test_auto_final_fit_starts_from_the_path(large, solver):
+    """The path solves the final fit's program (its gates) on 80 % of the data; the final
+    fit starts from the path's solution at the chosen ratio, much closer to its optimum
+    than zero, and still certifies to tol and reaches the fixed-ratio fit's objective."""
+    from skconvexattn import ConvexMLPClassifier
+
+    X, y = large
+    kw = dict(n_gates=2, random_state=0, solver=solver)
+    est = ConvexMLPClassifier(**kw).fit(X, y)
+    sel, h = est.alpha_selection_, est.convergence_
+    assert sel["method"] == "holdout" and sel["started_from_path"] is True
+    assert est.solver_ == solver
+    # the first iterate is the path's solution: within 5 % of the way from zero (the
+    # intercept-only objective) to the optimum; a start from zero is at 100 %
+    gain = est.null_objective_ - est.objective_
+    assert gain > 0 and h["objective"][0] - est.objective_ <= 0.05 * gain
+    assert est.dual_gap_ <= est.tol * est.null_objective_
+    cold = ConvexMLPClassifier(alpha_ratio=est.alpha_ratio_, **kw).fit(X, y)
+    assert cold.convergence_["objective"][0] == pytest.approx(est.null_objective_)
+    assert abs(cold.objective_ - est.objective_) <= cold.dual_gap_ + est.dual_gap_
+    np.testing.assert_array_equal(cold.gates_["H"], est.gates_["H"])
+    # a previous solution (warm_start) comes first
+    again = clone(est).set_params(warm_start=True).fit(X, y)
+    assert again.fit(X, y).alpha_selection_["started_from_path"] is False
+    assert again.n_iter_ <= 1
+
+
+def test_auto_final_fit_from_zero_without_the_path_start(large, monkeypatch):
+    """``PATH_START=False`` restores the previous rule: path gates from the 80 %, a final
+    fit from zero (what ``bench_defaults.py --compare path_start`` measures against)."""
+    from skconvexattn import ConvexMLPClassifier, _auto_alpha
+
+    X, y = large
+    monkeypatch.setattr(_auto_alpha, "PATH_START", False)
+    est = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
+    assert "started_from_path" not in est.alpha_selection_
+    assert est.convergence_["objective"][0] == pytest.approx(est.null_objective_)
 
 
 def test_auto_ratio_falls_back_on_small_data(data):

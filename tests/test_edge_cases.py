@@ -265,13 +265,13 @@ def test_max_time_counts_the_set_up(data, solver, monkeypatch):
     X, y = data
     est = small(ConvexSelfAttentionClassifier, alpha_ratio=1e-3, tol=1e-12, max_iter=100000,
                 max_time=0.3, solver=solver)
-    setup = type(est)._setup
+    build = type(est)._build_operator  # the heavy half of the set-up
 
     def slow_setup(self, *args, **kwargs):
         time.sleep(0.35)
-        return setup(self, *args, **kwargs)
+        return build(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(est), "_setup", slow_setup)
+    monkeypatch.setattr(type(est), "_build_operator", slow_setup)
     with pytest.warns(ConvergenceWarning, match="max_time=0.3"):
         est.fit(X, y)
     assert est.convergence_["time"][-1] < 0.1  # the solver's own clock

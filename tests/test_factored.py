@@ -364,6 +364,18 @@ def test_factored_warm_start():
     assert cold_iter > 0 and obj > est.objective_
 
 
+def test_factored_warm_start_needs_the_same_classes():
+    """A warm start on relabelled classes (same number) starts from zero: the previous
+    factors belong to other classes."""
+    X, y = _data()
+    est = ConvexSelfAttentionClassifier(alpha=0.05, n_gates=2, random_state=0,
+                                        solver="factored", warm_start=True).fit(X, y)
+    assert est.fit(X, y).convergence_["objective"][0] < est.null_objective_
+    est.fit(X, np.asarray(y) + 10)
+    np.testing.assert_array_equal(est.classes_, np.unique(np.asarray(y) + 10))
+    assert est.convergence_["objective"][0] == pytest.approx(est.null_objective_)
+
+
 def test_factored_refuses_beyond_budget():
     """The factored path plans its memory too: a problem whose heads alone exceed the
     budget is refused before anything large is allocated, naming memory_budget."""
