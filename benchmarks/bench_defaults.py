@@ -91,6 +91,8 @@ def default_fit(head, Xtr, ytr, Xte, yte, device, alpha_ratio="auto"):
         "selection_scores": [float(s) for s in sel.get("scores", [])],
         "selection_ratios": [float(r) for r in sel.get("ratios", [])],
         "selection_s": float(sel.get("seconds", 0.0) or 0.0),
+        "path_converged": sel.get("path_converged"),
+        "started_from_path": sel.get("started_from_path"),
         "fit_s": seconds, "n_iter": int(est.n_iter_),
         "relative_gap": rel, "null_relative_gap": float(h["null_relative_gap"][-1]),
         "met_tol": bool(est.dual_gap_ <= est.tol * scale),

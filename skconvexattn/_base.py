@@ -418,6 +418,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             else (self.alpha_ / amax if amax > 0 else math.inf)
         )
         self.alpha_selection_ = selection
+        if selection["method"] == "holdout":  # set by the solver when it does
+            selection["started_from_path"] = False
         self.input_scale_exp_ = int(st.scale_exp)
         amax_solve = st.alpha_max
         alpha = float(ratio) * amax_solve if self.alpha is None else _ldexp(self.alpha, k)
@@ -435,8 +437,6 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         if st.factored:
             return self._fit_factored(st, alpha_solve, start, previous)
         coef_init = intercept_init = step_init = None
-        if start is not None:  # recorded with the choice of alpha; True below if used
-            self.alpha_selection_["started_from_path"] = False
         # a path predictor (see model_selection.regularization_path): used only when its
         # objective beats the previous solution's
         predicted = self.__dict__.pop("_warm_candidates", ())
@@ -684,8 +684,8 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         # warm_start's previous solution first, else the alpha path's at this ratio
         src = next((p for p in (previous, start) if usable(p)), None)
-        if start is not None:  # recorded with the choice of alpha
-            self.alpha_selection_["started_from_path"] = src is not None and src is start
+        if src is not None and src is start:  # recorded with the choice of alpha
+            self.alpha_selection_["started_from_path"] = True
         A0 = B0 = b_init = None
         lifted = st.solver == "factored-lifted"
         if src is not None:

@@ -102,8 +102,9 @@ PARAMETER_DOCS = {
             0.03, ..., 0.001`` is fitted on a stratified 80 % of the training samples
             (``random_state`` draws the split) and scored by its loss on the other 20 %;
             the largest ratio within half a standard error of the smallest held-out loss
-            is refitted on all samples. Smaller data use 0.1. ``alpha_selection_``
-            records the choice.
+            is refitted on all samples, from the path's solution at that ratio when that
+            path fit (with the final fit's gates) reached its tolerance. Smaller data
+            use 0.1. ``alpha_selection_`` records the choice.
     """),
     "n_gates": _doc("""
         n_gates : int, default=8
@@ -181,8 +182,12 @@ PARAMETER_DOCS = {
             ``alpha_ratio="auto"``).
         alpha_selection_ : dict
             How ``alpha_`` was set: ``method`` (``"holdout"``, ``"fixed"``, ``"given"`` or
-            ``"absolute"``); for ``"holdout"`` the ``ratios`` tried, their held-out
-            accuracies ``scores``, ``n_train``, ``n_validation`` and ``seconds``.
+            ``"absolute"``); for ``"holdout"`` the ``ratios`` tried, their mean
+            held-out ``losses`` (which choose), the ``standard_errors`` of each one's
+            difference to the smallest, their held-out accuracies ``scores``,
+            ``n_train``, ``n_validation``, ``seconds``, ``path_converged`` (whether the
+            path fit at the chosen ratio reached its tolerance) and
+            ``started_from_path`` (whether the final fit started from that solution).
         alpha_max_ : float
             The smallest ``alpha`` giving the all-zero model, from the gradient at zero
             (:meth:`compute_alpha_max` gives it without a fit).

@@ -209,6 +209,7 @@ def test_auto_final_fit_starts_from_the_path(large, solver):
     est = ConvexMLPClassifier(**kw).fit(X, y)
     sel, h = est.alpha_selection_, est.convergence_
     assert sel["method"] == "holdout" and sel["started_from_path"] is True
+    assert sel["path_converged"] is True
     assert est.solver_ == solver
     # the first iterate is the path's solution: within 5 % of the way from zero (the
     # intercept-only objective) to the optimum; a start from zero is at 100 %
@@ -225,6 +226,22 @@ def test_auto_final_fit_starts_from_the_path(large, solver):
     assert again.n_iter_ <= 1
 
 
+def test_auto_final_fit_from_zero_after_an_unconverged_path_fit(large, monkeypatch):
+    """A path fit stopped by PATH_MAX_ITER before its tol is no start: the final fit
+    starts from zero (and is still certified)."""
+    from skconvexattn import ConvexMLPClassifier, _auto_alpha
+
+    X, y = large
+    monkeypatch.setattr(_auto_alpha, "PATH_MAX_ITER", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        est = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
+    sel = est.alpha_selection_
+    assert sel["path_converged"] is False and sel["started_from_path"] is False
+    assert est.convergence_["objective"][0] == pytest.approx(est.null_objective_)
+    assert est.dual_gap_ <= est.tol * est.null_objective_
+
+
 def test_auto_final_fit_from_zero_without_the_path_start(large, monkeypatch):
     """``PATH_START=False`` restores the previous rule: path gates from the 80 %, a final
     fit from zero (what ``bench_defaults.py --compare path_start`` measures against)."""
@@ -233,7 +250,7 @@ def test_auto_final_fit_from_zero_without_the_path_start(large, monkeypatch):
     X, y = large
     monkeypatch.setattr(_auto_alpha, "PATH_START", False)
     est = ConvexMLPClassifier(n_gates=2, random_state=0).fit(X, y)
-    assert "started_from_path" not in est.alpha_selection_
+    assert est.alpha_selection_["started_from_path"] is False
     assert est.convergence_["objective"][0] == pytest.approx(est.null_objective_)
 
 
