@@ -34,7 +34,6 @@ import sys
 from .commands import describe
 from .demo import demo
 from .io import (
-    PICKLE_SUFFIXES,
     PROG,
     CommandError,
     load_data,
