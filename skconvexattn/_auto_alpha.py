@@ -129,20 +129,6 @@ def _converged(probe):
     return bool(probe.dual_gap_ <= probe.tol * scale)
 
 
-def _solution(probe):
-    """What a fit of the same program may start from: the fitted ``probe``'s factors
-    (factored solver) or coefficients (FISTA), intercept, classes and input scale."""
-    fista = probe.solver_ == "fista"
-    return {
-        "converged": _converged(probe),
-        "factors": probe.__dict__.get("factors_"),
-        "coef": probe.coef_ if fista else None,  # the lifted coefficients: FISTA's only
-        "intercept": probe.intercept_,
-        "classes": probe.classes_,
-        "scale_exp": probe.input_scale_exp_,
-    }
-
-
 def select_alpha_ratio(est, X, y, sample_weight=None, gates=None):
     """The ``alpha_ratio`` of a fit of ``est`` with ``alpha_ratio="auto"``, and the path's
     solution at that ratio, where the fit on all the samples may start.
@@ -176,7 +162,7 @@ def select_alpha_ratio(est, X, y, sample_weight=None, gates=None):
         ``"fixed"`` the ``reason``.
     start : dict or None
         The path's solution at ``ratio`` (``factors``, ``coef``, ``intercept``,
-        ``classes``, ``scale_exp``, ``converged``), found with ``gates``; ``None``
+        ``classes``, ``scale_exp``), found with ``gates``; ``None``
         without ``gates``, for ``"fixed"``, or when that path fit stopped before its
         ``tol`` (``info["path_converged"]`` is then False).
     """
@@ -255,7 +241,7 @@ def select_alpha_ratio(est, X, y, sample_weight=None, gates=None):
         per_sample.append(lv)
         losses.append(float(w_va @ lv))
         # the solutions are kept only when they solve the final fit's program (its gates)
-        solutions.append(_solution(probe) if gates is not None else None)
+        solutions.append(probe._solution() if gates is not None else None)
         converged.append(_converged(probe))
         if est.verbose:
             print(f"[alpha_ratio=auto] ratio {ratio:g}: held-out loss {losses[-1]:.4f}, "
@@ -277,9 +263,7 @@ def select_alpha_ratio(est, X, y, sample_weight=None, gates=None):
                     if losses[k] <= losses[top] + SE_FRACTION * ses[k])
     chosen = ratios[k_chosen]
     start = solutions[k_chosen]
-    if start is not None and probe.gates_ is not gates[0]:
-        start = None  # the 80 % had another scale exponent: the path drew its own gates
-    if start is not None and not start["converged"]:
+    if not converged[k_chosen]:
         # a path fit stopped at PATH_MAX_ITER is a poor start for the factored solver:
         # on the Fashion-MNIST patches (self-attention, 0.003) the final fit from it ran
         # into max_iter=3000 uncertified, from zero it certified in 1,716 iterations

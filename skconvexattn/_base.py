@@ -398,12 +398,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             and np.array_equal(getattr(self, "classes_", None), st.classes)
         )
         # warm_start's previous solution, read before this fit's attributes replace it
-        previous = None if not self.warm_start else {
-            "factors": self.__dict__.get("factors_"),
-            "intercept": getattr(self, "intercept_", None),
-            "classes": getattr(self, "classes_", None),
-            "scale_exp": getattr(self, "input_scale_exp_", 0),
-        }
+        previous = self._solution() if self.warm_start else None
         self.gates_ = st.gates
         self._gate_key = st.gate_key
         self.classes_ = st.classes
@@ -460,10 +455,9 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
             step_init = getattr(self, "_solver_step", None)
         elif (
             start is not None
-            and start.get("coef") is not None
+            and start["coef"] is not None
             and start["coef"].shape == (P, R, L * c)
-            and np.array_equal(start["classes"], st.classes)
-            and start["scale_exp"] == st.scale_exp
+            and self._same_program(start, st)
         ):  # the alpha path's solution at this ratio
             coef_init = backend.asarray(start["coef"].astype(dtype))
             intercept_init = (
@@ -661,13 +655,34 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
         sig0 = block_spectra(op, T0, n_steps=40, rng=np.random.default_rng(0))[0]
         return op, float(sig0.max())
 
+    def _solution(self):
+        """This head's fitted solution as a start for another fit (``warm_start``, or the
+        final fit of ``alpha_ratio="auto"``): ``factors`` (factored solver), ``coef``
+        (FISTA's lifted coefficients), ``intercept``, ``classes`` and ``scale_exp``;
+        ``None`` where not fitted."""
+        return {
+            "factors": self.__dict__.get("factors_"),
+            "coef": self.__dict__.get("coef_") if getattr(self, "solver_", None) == "fista"
+            else None,
+            "intercept": getattr(self, "intercept_", None),
+            "classes": getattr(self, "classes_", None),
+            "scale_exp": getattr(self, "input_scale_exp_", 0),
+        }
+
+    @staticmethod
+    def _same_program(src, st):
+        """Whether the solution ``src`` (see :meth:`_solution`) has the classes and input
+        scale of the set-up ``st``."""
+        return (np.array_equal(src["classes"], st.classes)
+                and src["scale_exp"] == st.scale_exp)
+
     def _fit_factored(self, st, alpha, start=None, previous=None):
         """Fit on factors (:func:`~skconvexattn._factored.factored_solve`): L-BFGS on the
         heads with rank growth and the same duality-gap certificate as FISTA. It starts
         from ``previous`` (the previous fit's solution, with ``warm_start``), else from
         ``start`` (the alpha path's solution at this ratio, see :meth:`fit`), when either
         has this program's shapes, classes and input scale; else from zero. Both are
-        dicts of ``factors``, ``intercept``, ``classes`` and ``scale_exp``."""
+        dicts of :meth:`_solution`."""
         backend, dtype = st.backend, st.dtype
         n, s, d = st.X3.shape
         c = st.classes.shape[0]
@@ -678,8 +693,7 @@ class BaseConvexHead(ClassifierMixin, TransformerMixin, BaseEstimator):
                 and f["A"].shape[2:] == tuple(st.op.a_shape)
                 and f["B"].shape[2:] == (st.op.d, c)
                 and f["A"].shape[0] == st.block_shape[0]
-                and np.array_equal(src["classes"], st.classes)
-                and src["scale_exp"] == st.scale_exp
+                and self._same_program(src, st)
             )
 
         # warm_start's previous solution first, else the alpha path's at this ratio
