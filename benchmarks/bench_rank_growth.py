@@ -10,10 +10,13 @@
 * ``probe`` / ``compress`` / ``probe_compress``: without or with the dual points between
   certificates from the blocks each evaluation forms (``PROBE_MAX_SIDE = 0`` turns them
   off) and the compression of redundant heads to each block's compact SVD
-  (``COMPRESS_RATIO`` huge turns it off).
+  (``COMPRESS_RATIO`` huge turns it off);
+* ``newton``: without or with the Newton correction of each certificate's dual point
+  (``NEWTON_STEPS = 0`` turns it off; operators that form their blocks only).
 
 Each case fits one head at one ``alpha_ratio`` with ``solver="auto"``, ``tol=1e-4``
-relative to the objective and ``--max-time`` seconds, twice in one process: with the
+relative to the objective (``--tol-scale null``: to the intercept-only loss, the
+estimators' default) and ``--max-time`` seconds, twice in one process: with the
 previous rule (the reference) and with the package's. From ``convergence_`` it
 records the seconds to a gap of ``1e-3`` and ``1e-4`` of the objective and ``1e-4`` of the
 null loss (the intercept-only model's), the iterations, the heads per block at the end
@@ -28,6 +31,8 @@ Usage::
     python benchmarks/bench_rank_growth.py --cases fashion:mixer:0.01,sst2:attention:0.03
     python benchmarks/bench_rank_growth.py --compare dead_heads
     python benchmarks/bench_rank_growth.py --compare probe_compress --cases sst2:attention:0.03
+    python benchmarks/bench_rank_growth.py --compare newton --tol-scale null \
+        --cases fashion:attention:0.003 --max-time 2000
 """
 
 from __future__ import annotations
@@ -63,10 +68,11 @@ RULES = {
     "probe": {"PROBE_MAX_SIDE": 0},
     "compress": {"COMPRESS_RATIO": 10**9},
     "probe_compress": {"PROBE_MAX_SIDE": 0, "COMPRESS_RATIO": 10**9},
+    "newton": {"NEWTON_STEPS": 0},
 }
 
 
-def run_case(ds, head, ratio, n_train, max_time, overrides):
+def run_case(ds, head, ratio, n_train, max_time, overrides, tol_scale="objective"):
     from skconvexattn import _factored
     from skconvexattn.heads import get_head
 
@@ -76,7 +82,7 @@ def run_case(ds, head, ratio, n_train, max_time, overrides):
         setattr(_factored, k, v)
     try:
         est = get_head(head).estimator(random_state=0, alpha_ratio=ratio, tol=1e-4,
-                                       tol_scale="objective", max_time=max_time)
+                                       tol_scale=tol_scale, max_time=max_time)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -105,6 +111,8 @@ def main(argv=None):
 
     def extra(p):
         p.add_argument("--max-time", type=float, default=300.0, help="seconds per fit")
+        p.add_argument("--tol-scale", choices=["objective", "null"], default="objective",
+                       help="what tol=1e-4 is relative to")
         p.add_argument("--compare", choices=sorted(RULES), default="grow_pairs",
                        help="the rule compared with its previous version")
 
@@ -119,7 +127,8 @@ def main(argv=None):
     rows = []
     for ds, head, ratio in cases:
         for overrides in (before, {}):
-            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, overrides))
+            rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, overrides,
+                                 args.tol_scale))
             rows[-1]["constants"] = overrides or package
             C.table(rows[-1:], cols)
         ref, new = rows[-2], rows[-1]
@@ -129,6 +138,7 @@ def main(argv=None):
     C.table(rows, cols, title=f"factored solver: {before} against {package}")
     out = "rank_growth" if args.compare == "grow_pairs" else f"rank_growth_{args.compare}"
     C.write_json(args, out, {"rows": rows, "n_train": args.n_train, "max_time": args.max_time,
+                             "tol_scale": args.tol_scale,
                              "rule": args.compare, "before": before, "package": package})
     return 0
 

@@ -121,6 +121,14 @@ class LogLoss(_Datafit):
         xp = get_namespace(prior)
         return xp.log(prior)
 
+    def hessian_times(self, O, D):
+        """``H_i D_i`` for every sample, with ``H_i = diag(q_i) - q_i q_i^T`` the Hessian
+        of the loss in the logits ``o_i`` (``q_i = softmax(o_i)``); ``D`` is ``(..., n,
+        c)``."""
+        xp = get_namespace(O)
+        Q = self.proba(O)
+        return Q * D - Q * xp.sum(Q * D, axis=-1, keepdims=True)
+
     def dual_candidate(self, O, Y, w, prior, fit_intercept):
         """A point ``theta`` in the conjugate's domain with ``sum_i w_i theta_i = 0``.
 
@@ -182,6 +190,10 @@ class SquaredError(_Datafit):
 
     def intercept_at_zero(self, prior):
         return prior
+
+    def hessian_times(self, O, D):
+        """``H_i D_i``: the Hessian in the logits is the identity."""
+        return D
 
     def dual_candidate(self, O, Y, w, prior, fit_intercept):
         """The residual, centred (weighted) when there is an intercept."""

@@ -391,6 +391,12 @@ class LiftedFactorOperator:
         """The gradient blocks ``Grad_p`` themselves, ``(P, R, L c)``."""
         return self._blocks(T)
 
+    @property
+    def block_features_times(self):
+        """The lifted operator's :meth:`~skconvexattn._operator.LiftedOperator.
+        block_features_times` (``None`` when it has none)."""
+        return getattr(self.op, "block_features_times", None)
+
     def value_and_grads(self, A, B, intercept, datafit, Y, w):
         """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits:
         one forward and one adjoint product."""

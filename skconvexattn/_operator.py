@@ -244,6 +244,26 @@ class LiftedOperator:
             O = O - (self.mean @ Zm)[None, :]
         return O
 
+    def block_features_times(self, p, U):
+        """``Phi_i^(p)^T U`` for every sample: the (centred) features of block ``p``
+        contracted with the ``k`` columns of ``U`` (``(R, k)``) over ``R``, shape
+        ``(n, k, L)``. ``k`` products of one gate, not of all ``P``: the rank-one logits
+        of the certificate's Newton dual point (``_factored._newton_dual``)."""
+        xp = self.xp
+        P, R, L = self.block_shape
+        U = xp.astype(U, self.X.dtype)
+
+        def part(F, mean):
+            Fp = xp.reshape(F, (F.shape[0], P, R, L))[:, p, ...]
+            if mean is not None:
+                Fp = Fp - xp.reshape(mean, (P, R, L))[p, ...][None, ...]
+            return xp.matmul(xp.matrix_transpose(U)[None, ...], Fp)  # (m, k, L)
+
+        if self.Phi is not None:  # already centred
+            return part(self.Phi, None)
+        return xp.concat([part(self._features(a, b), self.mean) for a, b in self._chunks()],
+                         axis=0)
+
     def adjoint(self, U):
         """``sum_i Phi_i (x) U_i`` reshaped to blocks ``(P, R, L c)``; ``U`` is ``(n, c)``."""
         xp = self.xp

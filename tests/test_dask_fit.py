@@ -365,10 +365,16 @@ peak = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
 X = np.concatenate([chunk(i) for i in range(K)])  # the reference, made here
 a = ConvexMLPClassifier(**kw).fit(X, y)
+# two fits certified to tol agree in logits to about sqrt(tol): predictions are compared
+# where the reference's margin between its top two classes exceeds that
+Da = a.decision_function(X)
+top2 = np.sort(Da, axis=1)[:, -2:] if Da.ndim == 2 else np.stack([-np.abs(Da), np.abs(Da)], 1)
+clear = (top2[:, 1] - top2[:, 0]) > 10 * np.sqrt(kw["tol"]) * np.abs(Da).max()
 print(json.dumps(dict(
     peak=peak, data=X.nbytes, objective=[a.objective_, b.objective_],
     certified=[a.dual_gap_ <= a.tol * a.null_objective_, b.dual_gap_ <= b.tol * b.null_objective_],
-    same_predictions=bool(np.array_equal(pred_b, a.predict(X))),
+    same_predictions=bool(np.array_equal(pred_b[clear], a.predict(X)[clear])),
+    n_unclear=int(np.sum(~clear)),
     plan=b.memory_plan_, n_iter=[a.n_iter_, b.n_iter_],
 )), flush=True)
 client.close()
@@ -410,7 +416,7 @@ def test_cluster_fit_stays_distributed(cluster, tmp_path):
     # the fit is the in-memory fit: objective, certificate, predictions
     a_obj, b_obj = res["objective"]
     assert abs(a_obj - b_obj) <= 1e-8 * a_obj and all(res["certified"])
-    assert res["same_predictions"]
+    assert res["same_predictions"] and res["n_unclear"] <= 0.01 * N_CHUNKS * M
     assert f"8 chunks of <= {M} samples on 2 workers" in res["plan"]
     # the data stayed distributed: both workers held chunks, each below its limit, and
     # nothing was spilled during the fit
