@@ -456,3 +456,37 @@ def test_fista_run(case, loss, fit_intercept, chunk_rows, xp, xp_ref):
     assert math.isclose(got.dual_objective, ref.dual_objective, rel_tol=rtol)
     assert isinstance(got.objective, float) and isinstance(got.dual_gap, float)
     np.testing.assert_allclose(got.history["objective"], ref.history["objective"], rtol=rtol)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 3], ids=["materialised", "chunked"])
+@pytest.mark.parametrize("loss, fit_intercept", [("log_loss", True), ("squared_error", False)])
+def test_newton_dual_point(loss, fit_intercept, chunk_rows, xp, xp_ref):
+    """The rank-one logits of one gate (``block_features_times``) are the features'
+    contraction, and the certificate's Newton-corrected dual value is the same
+    computation on every namespace."""
+    from skconvexattn._factored import _newton_dual
+    from skconvexattn._factored_ops import LiftedFactorOperator
+    from skconvexattn._solver import prior_and_start
+
+    case = FEATURE_MAPS[1]
+    X, fm, shape, Y, w = _solver_problem(case)
+    P, R, L = shape
+    df = get_datafit(loss)
+    rng = np.random.default_rng(7)
+    U = rng.standard_normal((R, 2))
+    Phi = np.asarray(fm.fn(X, **fm.gates)).reshape(N, P, R, L)
+    values = []
+    for ns, rows in ((xp_ref, None), (xp, chunk_rows)):
+        op = operator_on(ns, X, fm, shape, rows)
+        K = op.block_features_times(1, to_xp(ns, U))
+        assert_in_namespace(K, ns)
+        assert_close(K, np.einsum("nrl,rk->nkl", Phi[:, 1], U), what="block_features_times")
+        Yx, wx = to_xp(ns, Y), to_xp(ns, w)
+        prior, _ = prior_and_start(df, Yx, wx, fit_intercept)
+        amax = float(to_host(alpha_max(op, df, Yx, wx, fit_intercept)[0]))
+        O = to_xp(ns, 0.3 * rng.standard_normal((N, Y.shape[1]))) if not values else O_next
+        O_next = to_xp(xp, to_host(O))
+        lop = LiftedFactorOperator(op, shape)
+        values.append(_newton_dual(lop, df, Yx, wx, prior, fit_intercept, 0.5 * amax, O,
+                                   steps=2))
+    assert math.isclose(values[1], values[0], rel_tol=1e-10)

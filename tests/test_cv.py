@@ -126,8 +126,7 @@ def test_warm_start_reuses_the_solution(data):
     if head.solver_ == "fista":
         np.testing.assert_allclose(head.convergence_["dual_gap"][0], gap, rtol=1e-6)
     # (the factored solver certifies with the best dual point of its run: a resumed run
-    # starts from the point's own; 40 iterations, since with Newton-corrected dual points
-    # the cold fit is certified after 84)
+    # starts from the point's own)
     assert head.n_iter_ > 0
     head.fit(X, y)  # same alpha from its own certified solution: nothing left to do
     assert head.n_iter_ == 0

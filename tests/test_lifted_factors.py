@@ -292,6 +292,7 @@ def test_newton_dual_only_stops_earlier(monkeypatch):
     X, y = _data(n=80, seed=3)
     params = dict(alpha_ratio=0.05, n_gates=2, tol=1e-7, tol_scale="objective",
                   max_iter=3000, random_state=0)
+    monkeypatch.setattr(_factored, "PROBE_MIN_WORK", 0.0)  # tiny blocks: Newton there too
     with_newton = Head(**params).fit(X, y)
     assert with_newton.solver_ == "factored" and "lifted" in with_newton.memory_plan_
     monkeypatch.setattr(_factored, "NEWTON_STEPS", 0)
