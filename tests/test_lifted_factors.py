@@ -207,26 +207,37 @@ def test_compressed_heads_keep_the_blocks():
     assert _compressed_heads(rng.standard_normal((P, 4, 3, 3)), rng.standard_normal((P, 4, 2, 4))) is None
 
 
-def test_dual_probe_only_stops_earlier(monkeypatch):
-    """The dual points between certificates change when the fit stops, never its path:
-    the same objectives at every common certificate, no more iterations, and a gap that
-    still bounds the suboptimality (against a much tighter fit)."""
+def _fits_with_and_without(monkeypatch, params, name, off):
+    """A fit with a stopping aid of the factored solver and one with ``name`` set to
+    ``off`` (tiny blocks probed too), their common certificates' objectives equal, and a
+    much tighter fit as the reference. Returns ``(with, without, reference, k)``, ``k``
+    the certificates of the first."""
     from skconvexattn import _factored
     from skconvexattn import ConvexSelfAttentionClassifier as Head
 
     X, y = _data(n=80, seed=3)
-    params = dict(alpha_ratio=0.05, n_gates=2, tol=1e-6, max_iter=3000, random_state=0)
     monkeypatch.setattr(_factored, "PROBE_MIN_WORK", 0.0)  # tiny blocks: probe them too
-    with_probe = Head(**params).fit(X, y)
-    assert with_probe.solver_ == "factored" and "lifted" in with_probe.memory_plan_
-    monkeypatch.setattr(_factored, "PROBE_MAX_SIDE", 0)
+    on = Head(**params).fit(X, y)
+    assert on.solver_ == "factored" and "lifted" in on.memory_plan_
+    monkeypatch.setattr(_factored, name, off)
     without = Head(**params).fit(X, y)
-    h1, h0 = with_probe.convergence_, without.convergence_
+    h1, h0 = on.convergence_, without.convergence_
     k = len(h1["objective"])
-    assert k <= len(h0["objective"]) and with_probe.n_iter_ <= without.n_iter_
     np.testing.assert_allclose(h1["objective"][: k - 1], h0["objective"][: k - 1], rtol=1e-12)
-    assert with_probe.dual_gap_ <= 1e-6 * with_probe.null_objective_
     ref = Head(**{**params, "tol": 1e-12, "tol_scale": "objective"}).fit(X, y)
+    return on, without, ref, k
+
+
+def test_dual_probe_only_stops_earlier(monkeypatch):
+    """The dual points between certificates change when the fit stops, never its path:
+    the same objectives at every common certificate, no more iterations, and a gap that
+    still bounds the suboptimality (against a much tighter fit)."""
+    params = dict(alpha_ratio=0.05, n_gates=2, tol=1e-6, max_iter=3000, random_state=0)
+    with_probe, without, ref, k = _fits_with_and_without(
+        monkeypatch, params, "PROBE_MAX_SIDE", 0)
+    assert k <= len(without.convergence_["objective"])
+    assert with_probe.n_iter_ <= without.n_iter_
+    assert with_probe.dual_gap_ <= 1e-6 * with_probe.null_objective_
     assert with_probe.dual_gap_ >= with_probe.objective_ - ref.objective_ - 1e-12
     assert with_probe.n_iter_ < without.n_iter_  # it did stop earlier here
 
@@ -286,21 +297,10 @@ def test_newton_dual_only_stops_earlier(monkeypatch):
     """Newton dual points change when the fit stops, never its path: the same objectives
     at every common certificate, fewer iterations here, and a gap that still bounds the
     suboptimality (against a much tighter fit)."""
-    from skconvexattn import _factored
-    from skconvexattn import ConvexSelfAttentionClassifier as Head
-
-    X, y = _data(n=80, seed=3)
     params = dict(alpha_ratio=0.05, n_gates=2, tol=1e-7, tol_scale="objective",
                   max_iter=3000, random_state=0)
-    monkeypatch.setattr(_factored, "PROBE_MIN_WORK", 0.0)  # tiny blocks: Newton there too
-    with_newton = Head(**params).fit(X, y)
-    assert with_newton.solver_ == "factored" and "lifted" in with_newton.memory_plan_
-    monkeypatch.setattr(_factored, "NEWTON_STEPS", 0)
-    without = Head(**params).fit(X, y)
-    h1, h0 = with_newton.convergence_, without.convergence_
-    k = len(h1["objective"])
-    np.testing.assert_allclose(h1["objective"][: k - 1], h0["objective"][: k - 1], rtol=1e-12)
+    with_newton, without, ref, _ = _fits_with_and_without(
+        monkeypatch, params, "NEWTON_STEPS", 0)
     assert with_newton.dual_gap_ <= 1e-7 * with_newton.objective_
-    ref = Head(**{**params, "tol": 1e-12}).fit(X, y)
     assert with_newton.dual_gap_ >= with_newton.objective_ - ref.objective_ - 1e-13
     assert with_newton.n_iter_ < without.n_iter_
