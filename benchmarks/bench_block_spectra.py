@@ -1,5 +1,5 @@
 """The leading singular triples of whole gradient blocks: a compact SVD against the
-eigenvectors of the smaller side's Gram matrix (``_factored._top_triples``).
+eigenvectors of the smaller side's Gram matrix (``_spectra._top_triples``).
 
 When a block is formed whole (the lifted features are materialised, or its smaller side
 has at most ``EXACT_MAX`` entries), every certificate of the factored solver needs the
@@ -48,17 +48,17 @@ def svd_triples(G, m):
 def _fit(head, Xtr, ytr, ratio, max_iter, route, seen):
     """Fit with the ``route`` ("svd": the previous one); ``seen`` receives every block
     stack that the route was given."""
-    from skconvexattn import _factored
+    from skconvexattn import _spectra
     from skconvexattn.heads import get_head
 
-    saved = _factored._top_triples
+    saved = _spectra._top_triples
     inner = svd_triples if route == "svd" else saved
 
     def recording(G, m):
         seen.append(G)
         return inner(G, m)
 
-    _factored._top_triples = recording
+    _spectra._top_triples = recording
     try:
         est = get_head(head).estimator(random_state=0, alpha_ratio=ratio, tol=1e-12,
                                        max_iter=max_iter)
@@ -68,11 +68,11 @@ def _fit(head, Xtr, ytr, ratio, max_iter, route, seen):
             est.fit(Xtr, ytr)
         return est, time.perf_counter() - t0
     finally:
-        _factored._top_triples = saved
+        _spectra._top_triples = saved
 
 
 def run_case(ds, head, ratio, n_train, max_iter, repeat):
-    from skconvexattn._factored import _top_triples
+    from skconvexattn._spectra import _top_triples
 
     Xtr, ytr, _, _ = load(ds, n_train)
     rows, seen = [], []

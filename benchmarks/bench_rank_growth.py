@@ -12,9 +12,10 @@
   off) and the compression of redundant heads to each block's compact SVD
   (``COMPRESS_RATIO`` huge turns it off);
 * ``newton``: without or with the Newton correction of each certificate's dual point
-  (``NEWTON_STEPS = 0`` turns it off; operators that form their blocks only).
+  (``NEWTON_STEPS = 0`` turns it off).
 
-Each case fits one head at one ``alpha_ratio`` with ``solver="auto"``, ``tol=1e-4``
+Each case fits one head at one ``alpha_ratio`` with ``solver="auto"`` (``--solver``:
+another, e.g. ``factored`` for the matrix-free products of self-attention and the Mixer), ``tol=1e-4``
 relative to the objective (``--tol-scale null``: to the intercept-only loss, the
 estimators' default) and ``--max-time`` seconds, twice in one process: with the
 previous rule (the reference) and with the package's. From ``convergence_`` it
@@ -60,7 +61,8 @@ def _first(history, key, level):
     return None
 
 
-#: per ``--compare``: module constants of ``_factored`` and their previous values
+#: per ``--compare``: constants of the solver's modules (``_factored``, ``_dual_points``)
+#: and their previous values
 #: (``probe``: no dual points between certificates; ``compress``: redundant heads kept)
 RULES = {
     "grow_pairs": {"GROW_PAIRS": 1},
@@ -72,17 +74,25 @@ RULES = {
 }
 
 
-def run_case(ds, head, ratio, n_train, max_time, overrides, tol_scale="objective"):
-    from skconvexattn import _factored
+def _module_of(name):
+    """The solver module that holds the constant ``name``."""
+    from skconvexattn import _dual_points, _factored
+
+    return _factored if hasattr(_factored, name) else _dual_points
+
+
+def run_case(ds, head, ratio, n_train, max_time, overrides, tol_scale="objective",
+             solver="auto"):
     from skconvexattn.heads import get_head
 
     Xtr, ytr, Xte, yte = load(ds, n_train)
-    saved = {k: getattr(_factored, k) for k in overrides}
+    saved = {k: getattr(_module_of(k), k) for k in overrides}
     for k, v in overrides.items():
-        setattr(_factored, k, v)
+        setattr(_module_of(k), k, v)
     try:
         est = get_head(head).estimator(random_state=0, alpha_ratio=ratio, tol=1e-4,
-                                       tol_scale=tol_scale, max_time=max_time)
+                                       tol_scale=tol_scale, max_time=max_time,
+                                       solver=solver)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,13 +100,15 @@ def run_case(ds, head, ratio, n_train, max_time, overrides, tol_scale="objective
         seconds = time.perf_counter() - t0
     finally:
         for k, v in saved.items():
-            setattr(_factored, k, v)
+            setattr(_module_of(k), k, v)
     h = est.convergence_
     factors = getattr(est, "factors_", None)
     return {
         "dataset": ds, "head": head, "ratio": ratio,
         "value": "previous" if overrides else "package",
-        "solver": getattr(est, "solver_", None), "seconds": seconds, "n_iter": est.n_iter_,
+        "solver": getattr(est, "solver_", None),
+        "matrix_free": None if factors is None else bool(factors.get("matrix_free")),
+        "seconds": seconds, "n_iter": est.n_iter_,
         "heads": None if factors is None else int(factors["A"].shape[1]),
         "relative_gap": h["relative_gap"][-1], "null_relative_gap": h["null_relative_gap"][-1],
         "t_obj_1e-3": _first(h, "relative_gap", 1e-3),
@@ -107,18 +119,18 @@ def run_case(ds, head, ratio, n_train, max_time, overrides, tol_scale="objective
 
 
 def main(argv=None):
-    from skconvexattn import _factored
-
     def extra(p):
         p.add_argument("--max-time", type=float, default=300.0, help="seconds per fit")
         p.add_argument("--tol-scale", choices=["objective", "null"], default="objective",
                        help="what tol=1e-4 is relative to")
         p.add_argument("--compare", choices=sorted(RULES), default="grow_pairs",
                        help="the rule compared with its previous version")
+        p.add_argument("--solver", choices=["auto", "factored", "fista"], default="auto",
+                       help="the estimators' solver")
 
     args, cases = C.parse_case_args(argv, __doc__.split("\n\n")[0], CASES, extra)
     before = RULES[args.compare]
-    package = {k: getattr(_factored, k) for k in before}
+    package = {k: getattr(_module_of(k), k) for k in before}
     cols = ["dataset", "head", "ratio", "value", "seconds", "n_iter", "heads",
             "relative_gap", "t_obj_1e-3", "t_obj_1e-4", "t_null_1e-4", "test_accuracy"]
     if not DATA.exists():
@@ -128,7 +140,7 @@ def main(argv=None):
     for ds, head, ratio in cases:
         for overrides in (before, {}):
             rows.append(run_case(ds, head, ratio, args.n_train, args.max_time, overrides,
-                                 args.tol_scale))
+                                 args.tol_scale, args.solver))
             rows[-1]["constants"] = overrides or package
             C.table(rows[-1:], cols)
         ref, new = rows[-2], rows[-1]
@@ -137,6 +149,8 @@ def main(argv=None):
             new[f"speedup_{key}"] = (a if a is not None else math.inf) / b if b else None
     C.table(rows, cols, title=f"factored solver: {before} against {package}")
     out = "rank_growth" if args.compare == "grow_pairs" else f"rank_growth_{args.compare}"
+    if args.solver != "auto":
+        out += f"_{args.solver}"
     C.write_json(args, out, {"rows": rows, "n_train": args.n_train, "max_time": args.max_time,
                              "tol_scale": args.tol_scale,
                              "rule": args.compare, "before": before, "package": package})

@@ -52,9 +52,16 @@ def load(name, n_train, seed=0):
 
     if name == "sst2":
         z = np.load(DATA / "sst2_minilm_s32_pca16.npz", allow_pickle=False)
-    else:
+        Xtr, ytr, Xte, yte = z["X_train"], z["y_train"], z["X_test"], z["y_test"]
+    elif name == "fashion":
         z = np.load(DATA / "fashionmnist_patch4_pos.npz", allow_pickle=False)
-    Xtr, ytr, Xte, yte = z["X_train"], z["y_train"], z["X_test"], z["y_test"]
+        Xtr, ytr, Xte, yte = z["X_train"], z["y_train"], z["X_test"], z["y_test"]
+    else:  # sst2_384 (the encoder's full width, cached re-embedding), digits
+        try:
+            from . import _real_data
+        except ImportError:  # run as a script
+            import _real_data
+        Xtr, ytr, Xte, yte = _real_data.load(name)[:4]
     if n_train < len(ytr):
         Xtr, _, ytr, _ = train_test_split(
             Xtr, ytr, train_size=n_train, stratify=ytr, random_state=seed

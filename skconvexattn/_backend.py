@@ -129,6 +129,13 @@ def scalar(a) -> float:
     return float(to_numpy(a))
 
 
+def scalars(*values):
+    """Several 0-d arrays as Python floats, in one host transfer."""
+    xp = get_namespace(values[0])
+    vals = [xp.astype(v, xp.float64) for v in values]
+    return [float(v) for v in to_numpy(xp.stack(vals))]
+
+
 def import_optional(module, needed_by, name, install, note=""):
     """Import the optional dependency ``module``, or raise an ``ImportError`` saying what
     needs it and how to install it: "<needed_by> needs <name>, which is not installed.

@@ -16,9 +16,10 @@ has the convex program's optimal value once each block has enough columns
    through ``min(R, L c)`` products, when that side is small; otherwise by a
    Golub-Kahan-Lanczos bidiagonalisation with full reorthogonalisation, warm-started from
    the previous leading vector), the primal value with the exact nuclear norm of each
-   ``A B^T`` and the dual value at ``theta`` scaled into the dual-feasible set (where the
-   operator forms its blocks, also at a Newton-corrected ``theta``, :func:`_newton_dual`,
-   whose gap is second order in the distance to the optimum instead of first);
+   ``A B^T`` and the dual value at ``theta`` scaled into the dual-feasible set (also at a
+   Newton-corrected ``theta``, :func:`~skconvexattn._dual_points._newton_dual`, whose gap
+   is second order in the distance to the optimum instead of first; the spectra are in
+   :mod:`~skconvexattn._spectra`);
 3. rank growth: every block whose ``||Grad_p||_2`` exceeds ``alpha`` gets new heads, the
    leading singular pairs of ``-Grad_p`` above ``alpha`` that lie outside the tangent
    space of its current heads (at most :data:`GROW_PAIRS`, and at most as many as the
@@ -41,16 +42,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from ._backend import get_namespace, to_numpy
+from . import _dual_points
+from ._backend import get_namespace, scalars, to_numpy
+from ._dual_points import _DualProbe, _newton_dual
 from ._progress import make_reporter
 from ._solver import prior_and_start
+from ._spectra import block_spectra
 
 __all__ = ["factored_solve", "FactoredResult", "block_spectra", "factor_nuclear_norms"]
-
-# blocks whose smaller side has at most this many entries get their spectrum exactly (the
-# whole block through that many products); larger ones by Lanczos
-EXACT_MAX = 64
-
 
 @dataclass
 class FactoredResult:
@@ -95,13 +94,6 @@ def _unflatten(vec, like, xp):
         out.append(xp.reshape(vec[start:start + size], shape))
         start += size
     return out
-
-
-def _host(*values):
-    """Several 0-d arrays as Python floats, in one transfer."""
-    xp = get_namespace(values[0])
-    vals = [xp.astype(v, xp.float64) for v in values]
-    return [float(v) for v in to_numpy(xp.stack(vals))]
 
 
 def factor_nuclear_norms(A, B):
@@ -152,234 +144,6 @@ def balanced_heads(A, B):
     A2 = np.transpose(Uh, (0, 2, 1)).reshape((P, k) + a_shape)
     B2 = np.transpose(Vh, (0, 2, 1)).reshape((P, k) + b_shape)
     return A2, B2, S
-
-
-# ---------------------------------------------------------------- spectra
-def block_spectra(op, T, *, n_steps=30, start=None, rng=None, exact_max=None, n_pairs=None):
-    """Largest singular value of every gradient block ``Grad_p = sum_i Phi_i^(p) (x) T_i``
-    and its singular vectors, from the matrix-free products only.
-
-    Parameters
-    ----------
-    op : factor operator (:mod:`~skconvexattn._factored_ops`)
-    T : array (n, c)
-        Weighted loss gradients (or dual point) ``w_i theta_i``.
-    n_steps : int
-        Lanczos steps (each: one product with ``Grad_p`` and one with its transpose, all
-        blocks at once). Exact (a full Krylov space) when ``n_steps >= min(R, L c)``.
-    start : array (P, d, c) or None
-        Starting right vectors (the previous leading ones); random otherwise.
-    exact_max : int or None
-        When ``L c`` (or ``R``) is at most this (default :data:`EXACT_MAX`), the whole
-        block is formed through that many products and its spectrum computed exactly.
-    n_pairs : int or None
-        Return the ``n_pairs`` leading triples of every block (each with an extra axis 1
-        of that length) instead of the top one. Beyond the top triple Lanczos gives Ritz
-        triples, not converged singular ones, but still with ``u_j^T Grad_p v_j =
-        sigma_j`` (``U^T Grad_p V`` is the bidiagonal), which is all that rank growth
-        needs: ``-u_j v_j^T`` decreases the convex objective at rate ``sigma_j - alpha``.
-        Fewer than ``n_pairs`` triples come back when the block's smaller side, or the
-        Krylov space, is smaller.
-
-    Returns
-    -------
-    sigma : ndarray (P,) or (P, n_pairs)
-        Float64 host array.
-    u : array (P,) + a_shape or (P, n_pairs) + a_shape
-        Left vectors (unit norm), in the namespace of ``T``.
-    v : array (P, d, c) or (P, n_pairs, d, c)
-        Right vectors.
-    """
-    xp = get_namespace(T)
-    dtype = T.dtype
-    P = op.P
-    a_shape = op.a_shape
-    d, c = op.d, T.shape[1]
-    R, Lc = math.prod(a_shape), d * c
-    rng = np.random.default_rng(0) if rng is None else rng
-    exact_max = EXACT_MAX if exact_max is None else exact_max
-    direct = getattr(op, "gradient_blocks", None)
-    if direct is not None or Lc <= exact_max or R <= exact_max:
-        if direct is not None:  # a lifted operator forms the blocks in one product
-            Gm = to_numpy(direct(T)).astype(np.float64)
-        elif Lc <= R:
-            eye = xp.reshape(xp.eye(Lc, dtype=dtype), (1, Lc, d, c))
-            G = op.grad_a(T, xp.broadcast_to(eye, (P, Lc, d, c)))  # (P, Lc) + a_shape
-            Gm = np.transpose(to_numpy(xp.reshape(G, (P, Lc, R))).astype(np.float64), (0, 2, 1))
-        else:
-            eye = xp.reshape(xp.eye(R, dtype=dtype), (1, R) + a_shape)
-            G = op.grad_b(T, xp.broadcast_to(eye, (P, R) + a_shape))  # (P, R, d, c)
-            Gm = to_numpy(xp.reshape(G, (P, R, Lc))).astype(np.float64)
-        m = 1 if n_pairs is None else min(int(n_pairs), R, Lc)
-        S, Uf, Vf = _top_triples(Gm, m)
-        u = np.transpose(Uf, (0, 2, 1)).reshape((P, m) + a_shape)
-        v = np.transpose(Vf, (0, 2, 1)).reshape(P, m, d, c)
-        return _pairs_out(xp, S, u, v, dtype, n_pairs)
-    # with R < L c the start vector has a part in the null space of Grad_p, which the first
-    # step removes: one more step makes the Krylov space full (exact) on small blocks
-    k = int(min(n_steps, min(R, Lc) + (1 if R < Lc else 0)))
-    f64 = xp.float64
-    if start is None:
-        v = xp.asarray(rng.standard_normal((P, Lc)))
-    else:
-        v = xp.astype(xp.reshape(start, (P, Lc)), f64)
-        v = v + 1e-3 * xp.asarray(rng.standard_normal((P, Lc))) * xp.sqrt(
-            xp.sum(v * v, axis=1, keepdims=True) / Lc
-        )
-
-    def nrm(x):
-        return xp.sqrt(xp.sum(x * x, axis=1))
-
-    def safe_div(x, a):
-        return x / xp.where(a > 0, a, xp.ones_like(a))[:, None]
-
-    def Gv(vec):
-        Bv = xp.astype(xp.reshape(vec, (P, 1, d, c)), dtype)
-        return xp.astype(xp.reshape(op.grad_a(T, Bv), (P, R)), f64)
-
-    def GTu(vec):
-        Au = xp.astype(xp.reshape(vec, (P, 1) + a_shape), dtype)
-        return xp.astype(xp.reshape(op.grad_b(T, Au), (P, Lc)), f64)
-
-    def reorth(x, basis):  # basis (P, j, n): remove components twice (stable)
-        for _ in range(2):
-            coef = basis @ x[:, :, None]  # (P, j, 1)
-            x = x - xp.reshape(xp.matrix_transpose(basis) @ coef, x.shape)
-        return x
-
-    # products in float32 carry rounding of about 1e-7 relative: the residual cannot go far
-    # below it there
-    rtol = max(LANCZOS_RTOL, 8 * float(np.finfo(to_numpy(T[:1, :1]).dtype).eps))
-    # the Krylov bases, filled row by row (no re-stacking of the growing bases per step:
-    # on 384-feature attention a left vector has d**2 = 147,456 entries)
-    Vb = xp.zeros((P, k, Lc), dtype=f64)
-    Ub = xp.zeros((P, k, R), dtype=f64)
-    v = safe_div(v, nrm(v))
-    Vb[:, 0, :] = v
-    alphas, betas = [], []
-    u = Gv(v)
-    a = nrm(u)
-    u = safe_div(u, a)
-    Ub[:, 0, :] = u
-    alphas.append(a)
-    j = 1  # steps taken: the bases hold j vectors
-    while j < k:
-        vn = GTu(Ub[:, j - 1, :]) - alphas[-1][:, None] * Vb[:, j - 1, :]
-        vn = reorth(vn, Vb[:, :j, :])
-        b = nrm(vn)
-        if j >= LANCZOS_MIN_STEPS and j % LANCZOS_CHECK_EVERY == 0:
-            # b closes the bidiagonal B_j: G^T U_j = V_j B_j^T + b v_{j+1} e_j^T, so the
-            # top Ritz triple (theta, x, y) of B_j has residual |b x_j|, and theta is within
-            # that residual of a singular value of G (within its square over the spectral
-            # gap, in practice). Once it is tiny for every block, more steps would not move
-            # theta: stop
-            theta, resid = _ritz_top(to_numpy(xp.stack(alphas, axis=1)),
-                                     to_numpy(xp.stack(betas, axis=1)), to_numpy(b))
-            if _LANCZOS_TRACE is not None:
-                _LANCZOS_TRACE.append((j, float(np.max(resid / np.maximum(theta, 1e-300)))))
-            if np.all(resid <= rtol * np.maximum(theta, 1e-300)):
-                return _ritz_vectors(xp, Ub[:, :j, :], Vb[:, :j, :], alphas, betas,
-                                     P, a_shape, d, c, dtype, n_pairs)
-        vn = safe_div(vn, b)
-        un = Gv(vn) - b[:, None] * Ub[:, j - 1, :]
-        un = reorth(un, Ub[:, :j, :])
-        a = nrm(un)
-        un = safe_div(un, a)
-        Vb[:, j, :] = vn
-        Ub[:, j, :] = un
-        betas.append(b)
-        alphas.append(a)
-        j += 1
-    return _ritz_vectors(xp, Ub, Vb, alphas, betas, P, a_shape, d, c, dtype, n_pairs)
-
-
-#: Lanczos stops early (before ``n_steps``) once the top Ritz value of every block has a
-#: residual below LANCZOS_RTOL (8 float32 epsilons for float32 products) times itself,
-#: checked every LANCZOS_CHECK_EVERY steps from LANCZOS_MIN_STEPS on (each check moves the
-#: ``P x steps`` Lanczos coefficients to the host)
-LANCZOS_RTOL = 1e-9
-LANCZOS_MIN_STEPS = 4
-LANCZOS_CHECK_EVERY = 2
-_LANCZOS_TRACE = None  # tests set a list: (step, max relative residual) at each check
-
-
-def _bidiagonal(al, be):
-    """The upper bidiagonal ``(P, j, j)`` of the Lanczos coefficients (host arrays)."""
-    P, j = al.shape
-    Bd = np.zeros((P, j, j))
-    idx = np.arange(j)
-    Bd[:, idx, idx] = al
-    if j > 1:
-        Bd[:, idx[:-1], idx[1:]] = be
-    return Bd
-
-
-def _ritz_top(al, be, b_next):
-    """Top singular value of each block's bidiagonal and the residual ``|b_next x_j|`` of
-    its Ritz triple."""
-    X, S, _ = np.linalg.svd(_bidiagonal(al, be))
-    return S[:, 0], np.abs(b_next * X[:, -1, 0])
-
-
-def _ritz_vectors(xp, Ub, Vb, alphas, betas, P, a_shape, d, c, dtype, n_pairs=None):
-    """The leading Ritz triples (the top one unless ``n_pairs``) from the Lanczos bases
-    and coefficients."""
-    al = to_numpy(xp.stack(alphas, axis=1))
-    be = to_numpy(xp.stack(betas, axis=1)) if betas else np.zeros((P, 0))
-    X, S, Yh = np.linalg.svd(_bidiagonal(al, be))
-    m = 1 if n_pairs is None else min(int(n_pairs), S.shape[1])
-    # (P, m, R) and (P, m, L c): the Ritz vectors as rows
-    u = xp.asarray(np.transpose(X[:, :, :m], (0, 2, 1))) @ Ub
-    v = xp.asarray(Yh[:, :m, :]) @ Vb
-    u = xp.reshape(u, (P, m) + a_shape)
-    v = xp.reshape(v, (P, m, d, c))
-    return _pairs_out(xp, S[:, :m], u, v, dtype, n_pairs)
-
-
-def _top_triples(G, m):
-    """The ``m`` leading singular triples of every block of ``G`` ``(P, R, L)`` (float64).
-
-    From the eigenvectors of the Gram matrix of the smaller side (one GEMM and an
-    ``eigh`` of ``min(R, L)`` squared numbers), not a full SVD: a compact SVD of the
-    Fashion-MNIST Mixer's blocks (8 x 2401 x 240) with its vectors takes about 40 times
-    as long. The top singular value is as accurate as the SVD's (``lambda_1`` carries an
-    absolute error of about ``eps sigma_1^2``); each ``sigma_j`` is the norm of ``G v_j``
-    (or ``G^T u_j``), so ``u_j^T G v_j = sigma_j`` holds exactly in exact arithmetic, and a
-    vector of a singular value that is zero (or lost in the rounding of the Gram matrix)
-    becomes a unit vector of the other side's basis.
-
-    Returns
-    -------
-    S : ndarray (P, m)
-    U : ndarray (P, R, m)
-        Unit left vectors.
-    V : ndarray (P, L, m)
-        Unit right vectors.
-    """
-    P, R, L = G.shape
-    flip = R < L
-    H = np.transpose(G, (0, 2, 1)) if flip else G  # (P, big, small)
-    lam, W = np.linalg.eigh(np.transpose(H, (0, 2, 1)) @ H)
-    Ws = W[:, :, ::-1][:, :, :m]  # leading eigenvectors: the small side's vectors
-    Hw = H @ Ws  # (P, big, m)
-    S = np.sqrt(np.sum(Hw * Hw, axis=1))  # (P, m)
-    tiny = S <= 1e-12 * np.maximum(S[:, :1], 1e-300)
-    Hw = np.where(tiny[:, None, :], 0.0, Hw / np.where(tiny, 1.0, S)[:, None, :])
-    if np.any(tiny):  # no direction on the big side: any unit vector (sigma ~ 0 there)
-        e = np.zeros(Hw.shape[1:])
-        e[np.arange(m) % Hw.shape[1], np.arange(m)] = 1.0
-        Hw = np.where(tiny[:, None, :], e[None], Hw)
-        S = np.where(tiny, 0.0, S)
-    return (S, Ws, Hw) if flip else (S, Hw, Ws)
-
-
-def _pairs_out(xp, S, u, v, dtype, n_pairs):
-    """The triples as :func:`block_spectra` returns them (the top one alone unless
-    ``n_pairs``)."""
-    u, v = xp.asarray(u), xp.asarray(v)
-    if n_pairs is None:
-        S, u, v = S[:, 0], u[:, 0], v[:, 0]
-    return np.ascontiguousarray(S), xp.astype(u, dtype), xp.astype(v, dtype)
 
 
 # ---------------------------------------------------------------- the solver
@@ -584,16 +348,16 @@ class _LBFGS:
         """At most ``max_iter`` iterations from ``x``; returns the new point, value,
         gradient, logits and whether the line search stalled (no decrease found)."""
         xp = self.xp
-        Fh = _host(F)[0]
+        Fh = scalars(F)[0]
         for _ in range(max_iter):
             if time.perf_counter() > deadline:
                 break
             direc = self.direction(g)
-            slope = _host(_tdot(g, direc, xp))[0]
+            slope = scalars(_tdot(g, direc, xp))[0]
             if not slope < 0:  # not a descent direction: forget the curvature pairs
                 self.reset()
                 direc = self.direction(g)
-                slope = _host(_tdot(g, direc, xp))[0]
+                slope = scalars(_tdot(g, direc, xp))[0]
                 if not slope < 0:
                     return x, F, g, O, True
             t = 1.0
@@ -601,15 +365,15 @@ class _LBFGS:
             for _ls in range(40):
                 xn = [xi + t * di for xi, di in zip(x, direc)]
                 Fn, gn, On = fun(xn)
-                Fnh = _host(Fn)[0]
+                Fnh = scalars(Fn)[0]
                 if math.isfinite(Fnh) and Fnh <= Fh + 1e-4 * t * slope:
                     break
                 # below the objective's rounding the decrease cannot be seen: accept a
                 # step that keeps the value within rounding and shrinks the gradient
                 if math.isfinite(Fnh) and abs(Fnh - Fh) <= self.rounding * abs(Fh):
                     if gg is None:
-                        gg = _host(_tdot(g, g, xp))[0]
-                    if _host(_tdot(gn, gn, xp))[0] < gg:
+                        gg = scalars(_tdot(g, g, xp))[0]
+                    if scalars(_tdot(gn, gn, xp))[0] < gg:
                         break
                 t *= 0.5
             else:
@@ -617,7 +381,7 @@ class _LBFGS:
             stats["iterations"] += 1
             s_ = [a - b for a, b in zip(xn, x)]
             y_ = [a - b for a, b in zip(gn, g)]
-            sy, ss, yy, sy_b, yy_b = _host(
+            sy, ss, yy, sy_b, yy_b = scalars(
                 _tdot(s_, y_, xp), _tdot(s_, s_, xp), _tdot(y_, y_, xp),
                 _dot(s_[2], y_[2], xp), _dot(y_[2], y_[2], xp),
             )
@@ -735,7 +499,7 @@ def factored_solve(
     deadline = math.inf if max_time is None else t0 + float(max_time)
     prior, b0 = prior_and_start(datafit, Y, w, fit_intercept)
     O0 = xp.zeros_like(Y) + b0[None, :]
-    null = _host(datafit.value(O0, Y, w))[0]
+    null = scalars(datafit.value(O0, Y, w))[0]
 
     if A_init is not None and B_init is not None and A_init.shape[1] > 0:
         A, B = A_init, B_init
@@ -745,11 +509,13 @@ def factored_solve(
         B = xp.zeros((P, 0, d, c), dtype=dtype)
         b = b0
     probe = _DualProbe.for_operator(op, datafit, Y, w, prior, fit_intercept, alpha)
-    # Newton dual points where the probe runs (blocks formed, not tiny: on the MLP head's
-    # 1.5 ms passes their fixed costs outweighed the iterations they saved, 2.25 s for
-    # 369 iterations against 1.79 s for 929 on 1,500 Fashion rows)
-    newton = (NEWTON_STEPS > 0 and probe is not None
-              and getattr(op, "block_features_times", None) is not None)
+    # Newton dual points on the matrix-free products, and where the blocks are formed
+    # where the probe runs (not tiny: on the MLP head's 1.5 ms passes their fixed costs
+    # outweighed the iterations they saved, 2.25 s for 369 iterations against 1.79 s for
+    # 929 on 1,500 Fashion rows)
+    formed = getattr(op, "gradient_blocks", None) is not None
+    newton = (_dual_points.NEWTON_STEPS > 0 and getattr(op, "pair_logits", None) is not None
+              and (probe is not None or not formed))
     fun = _Objective(op, datafit, Y, w, alpha, fit_intercept, keep_blocks=probe is not None)
     history = {"iteration": [], "objective": [], "dual_gap": [], "time": [], "rank": [],
                "relative_gap": [], "null_relative_gap": []}
@@ -797,12 +563,13 @@ def factored_solve(
         v_start = v_all[:, 0]
         spec = float(sig.max()) if sig.size else 0.0
         scale = min(1.0, alpha / spec) if spec > 0 else 1.0
-        fval, dval = _host(datafit.value(O, Y, w), datafit.dual_value(scale * theta, Y, w))
+        fval, dval = scalars(datafit.value(O, Y, w), datafit.dual_value(scale * theta, Y, w))
         nuc = factor_nuclear_norms(A, B).sum() if A.shape[1] > 0 else 0.0
         primal = fval + alpha * nuc
-        if (newton and alpha < spec <= (1.0 + NEWTON_MAX_EXCESS) * alpha
+        if (newton and alpha < spec <= (1.0 + _dual_points.NEWTON_MAX_EXCESS) * alpha
                 and primal - max(best_dual, dval) > tol * (null if tol_scale == "null" else abs(primal))):
-            dval = max(dval, _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O))
+            dval = max(dval, _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O,
+                                            n_lanczos=n_lanczos, start=v_start))
         best_dual = max(best_dual, dval)
         gap = max(primal - best_dual, 0.0)
         # the precision test reads the certificates' own dual points: the probe's
@@ -926,203 +693,6 @@ def _at_precision_floor(gaps):
         return False
     recent, before = min(gaps[-k:]), min(gaps[:-k])
     return recent < PRECISION_FLOOR_GAP and recent > PRECISION_STALL * before
-
-
-#: the dual probe runs after every accepted L-BFGS step of operators whose blocks hold
-#: ``P R L c min(R, L c)`` of at least PROBE_MIN_WORK (the flops of its Gram matrices):
-#: below that (the MLP head: blocks of ``s d x c``) the passes are so cheap that its fixed
-#: costs (a few small array operations, one host transfer) are a large share of them, and
-#: it gained no iterations there. A rule on the block sizes alone, not on ``n`` or on
-#: timings: equal programs (repeated samples or integer weights) stop at the same step,
-#: and fits stay reproducible. Its spectra cost about ``min(R, L c) / (2 n)`` of a pass;
-#: never when that side exceeds PROBE_MAX_SIDE
-PROBE_MIN_WORK = 1e5
-PROBE_MAX_SIDE = 512
-
-
-class _DualProbe:
-    """Dual points between certificates, from the gradient blocks that every L-BFGS
-    evaluation forms anyway (operators with ``value_grads_blocks``: the lifted ones).
-
-    The certificate's dual point ``theta = s * theta_raw + kappa * Y + delta``
-    (:meth:`dual_point` of the datafit) has the gradient blocks
-    ``s * Grad(w theta_raw) + kappa * Grad(w Y) + Grad(w delta)``: the first is the
-    evaluation's, the other two are fixed (``Grad(w delta)`` is ``delta_k`` times the
-    weighted mean features in the columns of class ``k``). Their exact spectral norms (from
-    the Gram matrix of each block's smaller side) scale ``theta`` into the dual feasible
-    set. Near the optimum the certificate's gap is first order in the distance of the
-    logits to the optimal ones (the dual scaling ``alpha / max_p ||Grad_p||_2``), and the
-    iterates between two certificates, the growth's perturbation settling, differ in it;
-    every dual point is feasible, so the best one counts.
-    """
-
-    def __init__(self, op, datafit, Y, w, prior, fit_intercept, alpha):
-        xp = get_namespace(Y)
-        self.datafit, self.Y, self.w = datafit, Y, w
-        self.prior, self.fit_intercept, self.alpha = prior, fit_intercept, float(alpha)
-        self.xp = xp
-        self.G_y = op.gradient_blocks(w[:, None] * Y)
-        P, R, Lc = self.G_y.shape
-        c = Y.shape[1]
-        # the columns of block p are (feature l, class k) pairs, k fastest (B is (L, c))
-        G_1 = op.gradient_blocks(w[:, None] * xp.ones_like(Y))
-        self.G_1 = xp.reshape(G_1, (P, R, Lc // c, c))
-        self.shape = (P, R, Lc)
-
-    @classmethod
-    def for_operator(cls, op, datafit, Y, w, prior, fit_intercept, alpha):
-        """The probe for ``op``, or ``None`` when it forms no blocks or they are large."""
-        if getattr(op, "value_grads_blocks", None) is None or not hasattr(datafit, "dual_point"):
-            return None
-        R, Lc = math.prod(op.a_shape), op.d * Y.shape[1]
-        side = min(R, Lc)
-        if side > PROBE_MAX_SIDE:
-            return None
-        if op.P * R * Lc * side < PROBE_MIN_WORK:
-            return None
-        return cls(op, datafit, Y, w, prior, fit_intercept, alpha)
-
-    def dual_value(self, O, G):
-        """The dual objective at the scaled dual point of the logits ``O`` whose loss
-        gradient has the blocks ``G``."""
-        xp, df = self.xp, self.datafit
-        theta, (s_, kappa, delta) = df.dual_point(
-            O, self.Y, self.w, self.prior, self.fit_intercept)
-        Gd = s_ * G + kappa * self.G_y + xp.reshape(self.G_1 * delta, self.shape)
-        Gd = xp.astype(Gd, xp.float64)
-        P, R, Lc = self.shape
-        gram = (xp.matrix_transpose(Gd) @ Gd) if Lc <= R else (Gd @ xp.matrix_transpose(Gd))
-        spec = xp.sqrt(xp.clip(xp.max(xp.linalg.eigvalsh(gram)), 0.0, None))
-        # on the device: one host transfer per probe
-        scale = xp.where(spec > self.alpha, self.alpha / xp.where(spec > 0, spec, 1.0), 1.0)
-        return _host(df.dual_value(xp.astype(scale, theta.dtype) * theta, self.Y, self.w))[0]
-
-
-#: Newton corrections of the certificate's dual point per certificate (0: none), for
-#: operators that form their gradient blocks (the lifted ones) where the dual probe runs
-#: (:data:`PROBE_MIN_WORK`); see :func:`_newton_dual`
-NEWTON_STEPS = 2
-#: singular values of ``Grad_p`` above ``(1 - NEWTON_BAND) alpha`` are active (their
-#: subspace is pinned at ``alpha``), at most NEWTON_MAX_ACTIVE per block; the correction
-#: runs once ``max_p ||Grad_p||_2 <= (1 + NEWTON_MAX_EXCESS) alpha``
-NEWTON_BAND = 1e-2
-NEWTON_MAX_ACTIVE = 6
-NEWTON_MAX_EXCESS = 0.2
-#: the correction's directions (``m x n x c`` float64, twice) stay under this many bytes:
-#: fewer active pairs per block on many samples, none when not even one fits
-NEWTON_MAX_BYTES = 2**28
-
-
-def _block_spectra_exact(G, top):
-    """All singular values of every formed block ``G`` (``(P, R, L c)``, on the host,
-    float64) and the ``top`` leading singular pairs (``U`` ``(P, R, top)``, ``Vt``
-    ``(P, top, L c)``, in the namespace of ``G``), from the Gram matrix of the smaller
-    side."""
-    xp = get_namespace(G)
-    G = xp.astype(G, xp.float64)
-    P, R, Lc = G.shape
-    wide = Lc <= R
-    gram = (xp.matrix_transpose(G) @ G) if wide else (G @ xp.matrix_transpose(G))
-    lam, W = np.linalg.eigh(to_numpy(gram))
-    lam, W = lam[:, ::-1], W[:, :, ::-1]
-    S = np.sqrt(np.clip(lam, 0.0, None))
-    if top <= 0:
-        return S, None, None
-    Wt = xp.asarray(np.ascontiguousarray(W[:, :, :top]), dtype=xp.float64)
-    inv = xp.asarray(np.where(S[:, :top] > 0, 1.0 / np.where(S[:, :top] > 0, S[:, :top], 1.0),
-                              0.0), dtype=xp.float64)
-    if wide:  # W: right vectors
-        return S, (G @ Wt) * inv[:, None, :], xp.matrix_transpose(Wt)
-    return S, Wt, xp.matrix_transpose(xp.matrix_transpose(G) @ Wt) * inv[:, :, None]
-
-
-def _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O, *, steps=None):
-    """A better dual value than the certificate's scaled ``theta``: Newton steps on the
-    logits that pin the active singular subspaces of the gradient blocks at ``alpha``.
-
-    Scaling ``theta`` by ``alpha / max_p ||Grad_p||_2`` loses a first-order amount: near
-    an optimum at distance ``eps`` in objective, ``theta`` is ``O(sqrt(eps))`` from the
-    dual optimum and so is the gap. The dual optimum ``theta*`` satisfies ``U_p^T
-    Grad_p(theta*) V_p = alpha I`` on each block's active singular subspace (``U_p``,
-    ``V_p``: the singular vectors of the values at ``alpha``, those of ``Z_p``). A point
-    ``theta'`` on that surface differs from ``theta*`` by a tangent vector, along which
-    the dual objective changes to second order only; scaled into the feasible set it
-    gives a gap of the order of ``eps`` itself.
-
-    ``theta' = grad l(O + dO)`` with ``dO = sum beta_ab o_ab + 1 gamma^T`` (``o_ab`` the
-    logits of the rank-one block ``u_a v_b^T``; the constant logits of each class for
-    the intercept's condition ``sum_i w_i theta_i = 0``): one Gauss-Newton system in the
-    ``sum_p k_p^2 + c`` coefficients, with the Hessian of the loss in the logits. Each
-    step is line-searched on the dual value; every candidate is scaled into the feasible
-    set with the exact spectral norms of its blocks, so the value returned is a valid
-    lower bound whatever the step. Costs one adjoint product per candidate and the
-    rank-one logits of the active pairs (``k_p`` products of one gate's features).
-    """
-    xp = get_namespace(Y)
-    steps = NEWTON_STEPS if steps is None else int(steps)
-    n, c = Y.shape
-    f64 = xp.float64
-    w64 = xp.astype(w, f64)
-    Y64 = xp.astype(Y, f64)
-    prior64 = xp.astype(prior, f64)
-
-    def evaluate(O_):
-        theta = datafit.dual_candidate(O_, Y64, w64, prior64, fit_intercept)
-        G = op.gradient_blocks(xp.astype(w64[:, None] * theta, Y.dtype))
-        return theta, G
-
-    def value(theta, spec):
-        scale = min(1.0, alpha / spec) if spec > 0 else 1.0
-        return _host(datafit.dual_value(scale * theta, Y64, w64))[0]
-
-    O = xp.astype(O, f64)
-    theta, G = evaluate(O)
-    P, R, Lc = G.shape
-    L = Lc // c
-    per_block = (NEWTON_MAX_BYTES / (16.0 * n * c) - c) / P  # k^2 directions per block
-    top = min(NEWTON_MAX_ACTIVE, int(math.isqrt(max(int(per_block), 0))))
-    S, U, Vt = _block_spectra_exact(G, top if steps > 0 else 0)
-    best = value(theta, float(S[:, 0].max()))
-    for _ in range(steps if top > 0 else 0):
-        active = [np.flatnonzero(S[p, :top] >= (1 - NEWTON_BAND) * alpha) for p in range(P)]
-        if not any(len(J) for J in active):
-            break
-        dirs, rhs = [], []
-        for p, J in enumerate(active):
-            k = len(J)
-            if not k:
-                continue
-            idx = xp.asarray(J)
-            Kf = xp.astype(op.block_features_times(p, xp.take(U[p, ...], idx, axis=1)), f64)
-            Vb = xp.reshape(xp.take(Vt[p, ...], idx, axis=0), (k, L, c))
-            Vb = xp.reshape(xp.permute_dims(Vb, (1, 0, 2)), (L, k * c))
-            D = xp.reshape(xp.reshape(Kf, (n * k, L)) @ Vb, (n, k, k, c))  # (n, a, b, c)
-            dirs.append(xp.reshape(xp.permute_dims(D, (1, 2, 0, 3)), (k * k, n, c)))
-            target = np.zeros((k, k))
-            target[np.arange(k), np.arange(k)] = alpha - S[p, J]
-            rhs.append(target.ravel())
-        if fit_intercept:
-            dirs.append(xp.broadcast_to(xp.eye(c, dtype=f64)[:, None, :], (c, n, c)))
-            rhs.append(-to_numpy(w64 @ theta))
-        Dall = xp.concat(dirs, axis=0)  # (m, n, c)
-        HD = datafit.hessian_times(O, Dall) * w64[None, :, None]
-        m = Dall.shape[0]
-        M = to_numpy(xp.reshape(Dall, (m, n * c)) @ xp.matrix_transpose(xp.reshape(HD, (m, n * c))))
-        beta = np.linalg.lstsq(M, np.concatenate(rhs), rcond=1e-10)[0]
-        dO = xp.reshape(xp.asarray(beta, dtype=f64)[None, :] @ xp.reshape(Dall, (m, n * c)), (n, c))
-        moved = None
-        for t in (1.0, 0.5, 0.25):
-            theta_t, G_t = evaluate(O + t * dO)
-            S_t = _block_spectra_exact(G_t, 0)[0]
-            v = value(theta_t, float(S_t[:, 0].max()))
-            if v > best:
-                best, moved = v, (O + t * dO, theta_t, G_t)
-                break
-        if moved is None:
-            break
-        O, theta, G = moved
-        S, U, Vt = _block_spectra_exact(G, top)
-    return best
 
 
 #: heads are compressed to the blocks' compact SVD when there are more than
@@ -1335,11 +905,11 @@ def _growth_step(op, datafit, Y, w, O, Anew, Bnew, alpha, n_new, sig_max):
     dO = op.forward(Anew, Bnew)
 
     def phi(tau):
-        return _host(datafit.value(O + tau * dO, Y, w))[0] + alpha * n_new * tau
+        return scalars(datafit.value(O + tau * dO, Y, w))[0] + alpha * n_new * tau
 
     def dphi(tau):
         _, th = datafit.value_and_gradient(O + tau * dO, Y, w)
-        return _host(_dot(w[:, None] * th, dO, xp))[0] + alpha * n_new
+        return scalars(_dot(w[:, None] * th, dO, xp))[0] + alpha * n_new
 
     # bracket the minimiser: the derivative at 0 is about alpha * n_new - sum sigma_p < 0
     lo, hi = 0.0, 1.0 / max(sig_max, 1e-300)

@@ -91,6 +91,22 @@ class _FactorOperator:
             G = part if G is None else G + part
         return G
 
+    def pair_logits(self, A, B):
+        """The logits of every pair of a block's heads, ``(n, P, k, k, c)``: entry
+        ``[i, p, a, b]`` is ``o_i`` of the rank-one block ``vec(A_pa) vec(B_pb)^T`` alone.
+
+        One key and one value product with ``k`` heads per block, then a contraction
+        over the tokens (``k^2`` pairs instead of ``k``): the directions of the
+        certificate's Newton dual point (``_dual_points._newton_dual``).
+        """
+        xp = self.xp
+        parts = [
+            self._pair_chunk(a, b, self._keys(a, b, A), self._values(a, b, B))
+            for a, b in self._chunks(A.shape[1] ** 2, B.shape[-1])
+        ]
+        D = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+        return D * self.inv_len[:, None, None, None, None]
+
     def value_and_grads(self, A, B, intercept, datafit, Y, w):
         """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits.
 
@@ -189,6 +205,15 @@ class AttentionFactorOperator(_FactorOperator):
         c = V.shape[-1]
         O = xp.reshape(E, (m, 1, s * P * r)) @ xp.reshape(V, (m, s * P * r, c))
         return xp.reshape(O, (m, c))
+
+    def _pair_chunk(self, a, b, E, V):
+        """``sum_t e[i, t, p, a] (x_t^T B_pb)``: ``(m, P, k, k, c)``."""
+        xp = self.xp
+        m, s, P, k = E.shape
+        c = V.shape[-1]
+        Et = xp.permute_dims(E, (0, 2, 3, 1))  # (m, P, k, s)
+        Vt = xp.reshape(xp.permute_dims(V, (0, 2, 1, 3, 4)), (m, P, s, k * c))
+        return xp.reshape(Et @ Vt, (m, P, k, k, c))
 
     def _grad_b_chunk(self, a, b, E, T):
         """``sum_{i,t} x_t e[i,t,p,j] T_i``: ``(P, r, d, c)``."""
@@ -302,6 +327,15 @@ class MixerFactorOperator(_FactorOperator):
         Km = xp.reshape(xp.permute_dims(xp.reshape(K, (P * r, m, d)), (1, 0, 2)), (m, P * r * d))
         return Km @ xp.reshape(B, (P * r * d, c))
 
+    def _pair_chunk(self, a, b, K, B):
+        """``sum_f K[p, a, i, f] B[p, b, f, :]``: ``(m, P, k, k, c)``."""
+        xp = self.xp
+        P, k, d, c = B.shape
+        m = b - a
+        Bt = xp.reshape(xp.permute_dims(B, (0, 2, 1, 3)), (P, d, k * c))
+        D = xp.reshape(xp.reshape(K, (P, k * m, d)) @ Bt, (P, k, m, k, c))
+        return xp.permute_dims(D, (2, 0, 1, 3, 4))
+
     def _grad_b_chunk(self, a, b, K, T):
         xp = self.xp
         P, r = K.shape[0], K.shape[1]
@@ -392,10 +426,30 @@ class LiftedFactorOperator:
         return self._blocks(T)
 
     @property
-    def block_features_times(self):
-        """The lifted operator's :meth:`~skconvexattn._operator.LiftedOperator.
-        block_features_times` (``None`` when it has none)."""
-        return getattr(self.op, "block_features_times", None)
+    def pair_logits(self):
+        """The logits of every pair of a block's heads, ``(n, P, k, k, c)`` (see
+        :meth:`_FactorOperator.pair_logits`), through the lifted operator's
+        :meth:`~skconvexattn._operator.LiftedOperator.block_features_times` (``k``
+        products of one gate per block); ``None`` when it has none."""
+        features_times = getattr(self.op, "block_features_times", None)
+        if features_times is None:
+            return None
+
+        def pair_logits(A, B):
+            xp = get_namespace(A)
+            P, k = A.shape[0], A.shape[1]
+            L, c = B.shape[2], B.shape[3]
+            Af = self._flat(A)
+            parts = []
+            for p in range(P):
+                K = features_times(p, xp.matrix_transpose(Af[p, ...]))  # (n, k, L)
+                n = K.shape[0]
+                Bp = xp.reshape(xp.permute_dims(B[p, ...], (1, 0, 2)), (L, k * c))
+                parts.append(xp.reshape(xp.reshape(K, (n * k, L)) @ xp.astype(Bp, K.dtype),
+                                        (n, 1, k, k, c)))
+            return xp.concat(parts, axis=1)
+
+        return pair_logits
 
     def value_and_grads(self, A, B, intercept, datafit, Y, w):
         """Datafit value, its gradients in ``A``, ``B`` and the intercept, and the logits:

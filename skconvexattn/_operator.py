@@ -248,7 +248,7 @@ class LiftedOperator:
         """``Phi_i^(p)^T U`` for every sample: the (centred) features of block ``p``
         contracted with the ``k`` columns of ``U`` (``(R, k)``) over ``R``, shape
         ``(n, k, L)``. ``k`` products of one gate, not of all ``P``: the rank-one logits
-        of the certificate's Newton dual point (``_factored._newton_dual``)."""
+        of the certificate's Newton dual point (``_dual_points._newton_dual``)."""
         xp = self.xp
         P, R, L = self.block_shape
         U = xp.astype(U, self.X.dtype)

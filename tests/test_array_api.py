@@ -464,7 +464,7 @@ def test_newton_dual_point(loss, fit_intercept, chunk_rows, xp, xp_ref):
     """The rank-one logits of one gate (``block_features_times``) are the features'
     contraction, and the certificate's Newton-corrected dual value is the same
     computation on every namespace."""
-    from skconvexattn._factored import _newton_dual
+    from skconvexattn._dual_points import _newton_dual
     from skconvexattn._factored_ops import LiftedFactorOperator
     from skconvexattn._solver import prior_and_start
 

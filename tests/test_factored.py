@@ -20,7 +20,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from skconvexattn import ConvexMixerClassifier, ConvexSelfAttentionClassifier
-from skconvexattn import _base, _factored
+from skconvexattn import _base, _dual_points, _factored, _spectra
 from skconvexattn._factored import block_spectra
 from skconvexattn._factored_ops import AttentionFactorOperator, MixerFactorOperator
 from skconvexattn._operator import LiftedOperator
@@ -91,6 +91,75 @@ def test_products_equal_lifted(kind, gated, chunk, padded, cache):
     np.testing.assert_allclose(op.grad_b(T, A), gb, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("kind,cache", [("attention", 0), ("mixer", 0), ("mixer", np.inf)])
+@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_pair_logits_are_the_rank_one_blocks_logits(kind, chunk, padded, cache):
+    """``pair_logits(A, B)[i, p, a, b]`` is the logits of the rank-one block
+    ``vec(A_pa) vec(B_pb)^T`` alone, through the lifted features (the directions of the
+    Newton dual point), with gates, padding and chunks."""
+    rng = np.random.default_rng(7)
+    n, s, d, c, k = 7, 5, 3, 2, 3
+    X = rng.standard_normal((n, s, d))
+    if padded:
+        X[0, 3:] = np.nan
+        X[4, 1 if kind == "attention" else 4] = np.nan
+    op, lifted, a_shape = _operators(kind, True, X, chunk=chunk, cache=cache)
+    P, R = lifted.block_shape[:2]
+    A = rng.standard_normal((P, k) + a_shape)
+    B = rng.standard_normal((P, k, d, c))
+    D = op.pair_logits(A, B)
+    assert D.shape == (n, P, k, k, c)
+    for p in range(P):
+        for a in range(k):
+            for b in range(k):
+                Z = np.zeros((P, R, d * c))
+                Z[p] = np.outer(A[p, a].ravel(), B[p, b].ravel())
+                np.testing.assert_allclose(D[:, p, a, b], lifted.forward(Z), rtol=1e-11,
+                                           atol=1e-12)
+    # the same through the lifted features (factors on the lifted operator)
+    from skconvexattn._factored_ops import LiftedFactorOperator
+
+    wrapped = LiftedFactorOperator(lifted, lifted.block_shape, a_shape)
+    np.testing.assert_allclose(wrapped.pair_logits(A, B), D, rtol=1e-11, atol=1e-12)
+
+
+def test_newton_dual_on_matrix_free_products(monkeypatch):
+    """On the matrix-free products the Newton-corrected dual point is a lower bound on the
+    optimum and much closer to it than the scaled loss gradient, with spectra by Lanczos
+    and through the formed blocks alike (the same value)."""
+    from skconvexattn._dual_points import _newton_dual
+    from skconvexattn._factored import factored_solve
+    from skconvexattn._solver import prior_and_start
+
+    X, y = make_token_clusters(n_samples=70, random_state=5, return_X_y=True)
+    est = ConvexSelfAttentionClassifier(alpha_ratio=0.02, n_gates=2, solver="factored",
+                                        random_state=0)
+    st = est._setup(X, y, None, reset=True)
+    assert isinstance(st.op, AttentionFactorOperator)
+    alpha = 0.02 * st.alpha_max
+    monkeypatch.setattr(_dual_points, "NEWTON_STEPS", 0)
+    args = (st.op, st.datafit, st.Y, st.w, alpha)
+    loose = factored_solve(*args, tol=1e-3, tol_scale="objective", max_iter=3000, warn=False)
+    tight = factored_solve(*args, tol=1e-11, tol_scale="objective", max_iter=20000,
+                           warn=False)
+    assert loose.converged and tight.converged
+    O = st.op.forward(loose.A, loose.B) + loose.intercept[None, :]
+    prior, _ = prior_and_start(st.datafit, st.Y, st.w, True)
+    call = (st.datafit, st.Y, st.w, prior, True, alpha, O)
+    optimum = tight.objective
+    values = {}
+    for route, exact_max in (("lanczos", 0), ("exact", 10**6)):
+        monkeypatch.setattr(_spectra, "EXACT_MAX", exact_max)
+        scaled = _newton_dual(st.op, *call, steps=0)
+        newton = _newton_dual(st.op, *call, steps=2)
+        assert scaled <= loose.dual_objective + 1e-12
+        assert scaled <= newton <= optimum + 1e-12 * abs(optimum)
+        assert optimum - newton <= 0.1 * (optimum - scaled)
+        values[route] = newton
+    assert values["lanczos"] == pytest.approx(values["exact"], rel=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["attention", "mixer"])
 @pytest.mark.parametrize("exact_max", [0, 10**6])
 def test_block_spectra_equal_svd(kind, exact_max):
@@ -119,17 +188,17 @@ def test_lanczos_stops_early_once_the_top_triple_converged(dtype, monkeypatch):
     T = rng.standard_normal((60, 3)).astype(dtype)
     ref = np.linalg.svd(lifted.adjoint(T.astype(np.float64)), compute_uv=False)[:, 0]
     trace = []
-    monkeypatch.setattr(_factored, "_LANCZOS_TRACE", trace)
+    monkeypatch.setattr(_spectra, "_LANCZOS_TRACE", trace)
     sig, u, v = block_spectra(op, T, n_steps=24, exact_max=0)  # min(R, L c) = 24
     steps = trace[-1][0]
     assert steps < 24
-    rtol = _factored.LANCZOS_RTOL if dtype == np.float64 else 8 * np.finfo(np.float32).eps
+    rtol = _spectra.LANCZOS_RTOL if dtype == np.float64 else 8 * np.finfo(np.float32).eps
     assert trace[-1][1] <= rtol
     np.testing.assert_allclose(sig, ref, rtol=1e-9 if dtype == np.float64 else 1e-5)
     assert np.allclose(np.linalg.norm(u.reshape(2, -1), axis=1), 1.0, rtol=1e-5)
     # the same answer as the full Krylov space
-    monkeypatch.setattr(_factored, "LANCZOS_RTOL", 0.0)
-    monkeypatch.setattr(_factored, "LANCZOS_MIN_STEPS", 10**6)
+    monkeypatch.setattr(_spectra, "LANCZOS_RTOL", 0.0)
+    monkeypatch.setattr(_spectra, "LANCZOS_MIN_STEPS", 10**6)
     full = block_spectra(op, T, n_steps=25, exact_max=0)[0]
     np.testing.assert_allclose(sig, full, rtol=1e-9 if dtype == np.float64 else 1e-5)
 
@@ -158,7 +227,7 @@ CASE_IDS = opt.CASE_IDS if opt else []
 @pytest.fixture(params=[None, 0], ids=["exact-spectra", "lanczos"])
 def spectra(request, monkeypatch):
     if request.param is not None:
-        monkeypatch.setattr(_factored, "EXACT_MAX", request.param)
+        monkeypatch.setattr(_spectra, "EXACT_MAX", request.param)
     return request.param
 
 
@@ -223,7 +292,8 @@ def test_factored_equals_fista(cls, activation):
     assert b.alpha_max_ == pytest.approx(a.alpha_max_, rel=1e-9)
     assert abs(a.objective_ - b.objective_) <= a.dual_gap_ + b.dual_gap_ + 1e-12
     np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), atol=1e-4)
-    np.testing.assert_allclose(b.block_norms(), a.block_norms(), rtol=1e-3, atol=1e-6)
+    # weights within a gap eps of the optimum are O(sqrt(eps)) from the optimal ones
+    np.testing.assert_allclose(b.block_norms(), a.block_norms(), rtol=1e-3, atol=1e-4)
     for est in (a, b):
         net = est.to_nonconvex()
         np.testing.assert_allclose(net.decision_function(X), est.decision_function(X),

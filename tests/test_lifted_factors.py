@@ -149,7 +149,8 @@ def test_dual_probe_forms_the_dual_points_blocks(loss, fit_intercept, center):
     """The probe's spectral norm and dual value equal those of the dual point's blocks
     formed directly (one adjoint of ``w theta``), from the loss gradient's blocks and the
     two fixed ones: the affine form of the dual point and the class layout of the columns."""
-    from skconvexattn._factored import _DualProbe, _host
+    from skconvexattn._backend import scalars as _host
+    from skconvexattn._dual_points import _DualProbe
     from skconvexattn._factored_ops import LiftedFactorOperator as LFO
     from skconvexattn._solver import prior_and_start
 
@@ -212,14 +213,14 @@ def _fits_with_and_without(monkeypatch, params, name, off):
     ``off`` (tiny blocks probed too), their common certificates' objectives equal, and a
     much tighter fit as the reference. Returns ``(with, without, reference, k)``, ``k``
     the certificates of the first."""
-    from skconvexattn import _factored
+    from skconvexattn import _dual_points
     from skconvexattn import ConvexSelfAttentionClassifier as Head
 
     X, y = _data(n=80, seed=3)
-    monkeypatch.setattr(_factored, "PROBE_MIN_WORK", 0.0)  # tiny blocks: probe them too
+    monkeypatch.setattr(_dual_points, "PROBE_MIN_WORK", 0.0)  # tiny blocks: probe them too
     on = Head(**params).fit(X, y)
     assert on.solver_ == "factored" and "lifted" in on.memory_plan_
-    monkeypatch.setattr(_factored, name, off)
+    monkeypatch.setattr(_dual_points, name, off)
     without = Head(**params).fit(X, y)
     h1, h0 = on.convergence_, without.convergence_
     k = len(h1["objective"])
@@ -245,7 +246,7 @@ def test_dual_probe_only_stops_earlier(monkeypatch):
 def _stopped_early(loss, fit_intercept, monkeypatch):
     """A small lifted factored program stopped at a loose gap without Newton dual points
     (its operator, data, logits and alpha), and its optimum (a tight fit)."""
-    from skconvexattn import _factored
+    from skconvexattn import _dual_points
     from skconvexattn import ConvexSelfAttentionClassifier as Head
     from skconvexattn._factored import factored_solve
 
@@ -255,7 +256,7 @@ def _stopped_early(loss, fit_intercept, monkeypatch):
     st = est._setup(X, y, None, reset=True)
     assert isinstance(st.op, LiftedFactorOperator)
     alpha = 0.02 * st.alpha_max
-    monkeypatch.setattr(_factored, "NEWTON_STEPS", 0)
+    monkeypatch.setattr(_dual_points, "NEWTON_STEPS", 0)
     args = (st.op, st.datafit, st.Y, st.w, alpha)
     loose = factored_solve(*args, fit_intercept=fit_intercept, tol=1e-3, tol_scale="objective",
                            max_iter=3000, warn=False)
@@ -272,8 +273,8 @@ def test_newton_dual_is_a_bound_and_closes_the_gap(loss, fit_intercept, monkeypa
     """The Newton-corrected dual point is a valid lower bound (never above the optimum)
     and, near the optimum, much closer to it than the scaled loss gradient: the gap at
     the same primal point shrinks by an order of magnitude (first order -> second)."""
-    from skconvexattn import _factored
-    from skconvexattn._factored import _newton_dual
+    from skconvexattn import _dual_points
+    from skconvexattn._dual_points import _newton_dual
     from skconvexattn._solver import prior_and_start
 
     st, alpha, O, loose, tight = _stopped_early(loss, fit_intercept, monkeypatch)
@@ -288,7 +289,7 @@ def test_newton_dual_is_a_bound_and_closes_the_gap(loss, fit_intercept, monkeypa
     assert newton >= scaled
     assert optimum - newton <= 0.1 * (optimum - scaled)
     # no room for the directions: the scaled point, no error
-    monkeypatch.setattr(_factored, "NEWTON_MAX_BYTES", 1)
+    monkeypatch.setattr(_dual_points, "NEWTON_MAX_BYTES", 1)
     assert _newton_dual(st.op, st.datafit, st.Y, st.w, prior, fit_intercept, alpha, O,
                         steps=2) == scaled
 
