@@ -161,7 +161,7 @@ def _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O, *, steps=Non
             return theta, float(S[:, 0].max()), S[:, :top], U, Vt
         sig, u, v = block_spectra(op, T, n_steps=n_lanczos, start=start, rng=rng,
                                   n_pairs=max(top, 1))
-        start = v[:, 0]
+        start = v[:, 0, ...]
         k = sig.shape[1]
         return (theta, float(sig[:, 0].max()), sig[:, :top],
                 xp.astype(xp.reshape(u, (P, k, R)), f64), xp.astype(xp.reshape(v, (P, k, Lc)), f64))

@@ -560,7 +560,7 @@ def factored_solve(
         sig_all, u_all, v_all = block_spectra(op, T, n_steps=n_lanczos, start=v_start,
                                               rng=rng, n_pairs=min(grow_pairs, max(1, grown)))
         sig = sig_all[:, 0]
-        v_start = v_all[:, 0]
+        v_start = v_all[:, 0, ...]
         spec = float(sig.max()) if sig.size else 0.0
         scale = min(1.0, alpha / spec) if spec > 0 else 1.0
         fval, dval = scalars(datafit.value(O, Y, w), datafit.dual_value(scale * theta, Y, w))

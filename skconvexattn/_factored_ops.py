@@ -78,7 +78,7 @@ class _FactorOperator:
         G = None
         Ts = T * self.inv_len[:, None]
         for a, b in self._chunks(B.shape[1], T.shape[1]):
-            part = self._grad_a_chunk(a, b, self._values(a, b, B), Ts[a:b])
+            part = self._grad_a_chunk(a, b, self._values(a, b, B), Ts[a:b, ...])
             G = part if G is None else G + part
         return G
 
@@ -87,7 +87,7 @@ class _FactorOperator:
         G = None
         Ts = T * self.inv_len[:, None]
         for a, b in self._chunks(A.shape[1], T.shape[1]):
-            part = self._grad_b_chunk(a, b, self._keys(a, b, A), Ts[a:b])
+            part = self._grad_b_chunk(a, b, self._keys(a, b, A), Ts[a:b, ...])
             G = part if G is None else G + part
         return G
 
@@ -184,10 +184,10 @@ class AttentionFactorOperator(_FactorOperator):
         K = xp.reshape(self._S(a, b) @ Am, (P, m, k, r, d))  # keys, one GEMM per gate
         # per sample: (s, d) @ (d, P k r), the scores of every token against every key
         Kt = xp.reshape(xp.permute_dims(K, (1, 4, 0, 2, 3)), (m, d, P * k * r))
-        E = xp.reshape(self.X[a:b] @ Kt, (m, self.s, P, k, r))
+        E = xp.reshape(self.X[a:b, ...] @ Kt, (m, self.s, P, k, r))
         if self.sides is None:
             return E[:, :, :, 0, :]
-        side = self.sides[a:b][:, :, :, None]  # (m, s, P, 1)
+        side = self.sides[a:b, ...][:, :, :, None]  # (m, s, P, 1)
         return side * E[:, :, :, 0, :] + (1.0 - side) * E[:, :, :, 1, :]
 
     def _values(self, a, b, B):
@@ -196,7 +196,7 @@ class AttentionFactorOperator(_FactorOperator):
         P, r, d, c = B.shape
         m = b - a
         Bm = xp.reshape(xp.permute_dims(B, (2, 0, 1, 3)), (d, P * r * c))
-        V = xp.reshape(self.X[a:b], (m * self.s, d)) @ Bm
+        V = xp.reshape(self.X[a:b, ...], (m * self.s, d)) @ Bm
         return xp.reshape(V, (m, self.s, P, r, c))
 
     def _contract(self, a, b, E, V):
@@ -221,7 +221,7 @@ class AttentionFactorOperator(_FactorOperator):
         m, s, P, r = E.shape
         c = T.shape[1]
         M = E[:, :, :, :, None] * T[:, None, None, None, :]  # (m, s, P, r, c)
-        G = xp.matrix_transpose(xp.reshape(self.X[a:b], (m * s, self.d))) @ xp.reshape(
+        G = xp.matrix_transpose(xp.reshape(self.X[a:b, ...], (m * s, self.d))) @ xp.reshape(
             M, (m * s, P * r * c)
         )
         return xp.permute_dims(xp.reshape(G, (self.d, P, r, c)), (1, 2, 0, 3))
@@ -234,11 +234,11 @@ class AttentionFactorOperator(_FactorOperator):
         d, k = self.d, self.n_sides
         g = xp.reshape(xp.reshape(V, (m, s * P * r, c)) @ T[:, :, None], (m, s, P, 1, r))
         if self.sides is not None:
-            side = self.sides[a:b][:, :, :, None, None]  # (m, s, P, 1, 1)
+            side = self.sides[a:b, ...][:, :, :, None, None]  # (m, s, P, 1, 1)
             g = xp.concat([g * side, g * (1.0 - side)], axis=3)  # (m, s, P, 2, r)
         # per sample: (P k r, s) @ (s, d)
         gt = xp.matrix_transpose(xp.reshape(g, (m, s, P * k * r)))
-        H = xp.reshape(gt @ self.X[a:b], (m, P, k, r, d))
+        H = xp.reshape(gt @ self.X[a:b, ...], (m, P, k, r, d))
         Hp = xp.reshape(xp.permute_dims(H, (1, 0, 2, 3, 4)), (P, m * k, r * d))
         G = xp.matrix_transpose(self._S(a, b)) @ Hp  # (P, d, r*d): rows a, cols (j, k)
         return xp.permute_dims(xp.reshape(G, (P, d, r, d)), (0, 2, 1, 3))
@@ -281,7 +281,7 @@ class MixerFactorOperator(_FactorOperator):
         self.Xc = xp.reshape(xp.permute_dims(X, (1, 0, 2)), (self.s, self.n_samples * self.d))
         self.Mc = None
         if masks is not None and self.keeps_masks(
-            self.P, self.n_samples, self.s, self.d, X.dtype.itemsize, cache_bytes
+            self.P, self.n_samples, self.s, self.d, xp.finfo(X.dtype).bits // 8, cache_bytes
         ):
             self.Mc = xp.astype(self._gate_major(0, self.n_samples), X.dtype)
 

@@ -244,9 +244,11 @@ def _top_triples(G, m):
 def _pairs_out(xp, S, u, v, dtype, n_pairs):
     """The triples as :func:`block_spectra` returns them (the top one alone unless
     ``n_pairs``)."""
-    u, v = xp.asarray(u), xp.asarray(v)
+    # host arrays may be reversed views (negative strides), which torch refuses
+    u, v = (xp.asarray(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+            for a in (u, v))
     if n_pairs is None:
-        S, u, v = S[:, 0], u[:, 0], v[:, 0]
+        S, u, v = S[:, 0], u[:, 0, ...], v[:, 0, ...]
     return np.ascontiguousarray(S), xp.astype(u, dtype), xp.astype(v, dtype)
 
 

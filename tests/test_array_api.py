@@ -490,3 +490,55 @@ def test_newton_dual_point(loss, fit_intercept, chunk_rows, xp, xp_ref):
         values.append(_newton_dual(lop, df, Yx, wx, prior, fit_intercept, 0.5 * amax, O,
                                    steps=2))
     assert math.isclose(values[1], values[0], rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["attention", "mixer"])
+def test_matrix_free_pair_logits_and_newton_dual(kind, xp, xp_ref):
+    """The matrix-free products' pair logits and the Newton-corrected dual value (spectra
+    by Lanczos) are the same computation on every namespace, and stay in it."""
+    from skconvexattn._dual_points import _newton_dual
+    from skconvexattn._factored_ops import AttentionFactorOperator, MixerFactorOperator
+    from skconvexattn._solver import prior_and_start
+
+    rng = np.random.default_rng(11)
+    n, s, d, c, P, k = 12, 4, 3, 2, 2, 2
+    X = rng.standard_normal((n, s, d))
+    side = (rng.random((n, s, P)) > 0.5).astype(np.float64)
+    masks = (rng.random((n, P, s, d)) > 0.4).astype(np.float64)
+    inv_len = np.full(n, 1.0 / s)
+    a_shape = (d, d) if kind == "attention" else (s, s)
+    A = rng.standard_normal((P, k) + a_shape)
+    B = rng.standard_normal((P, k, d, c))
+    Y = np.eye(c)[rng.integers(0, c, n)]
+    w = np.full(n, 1.0 / n)
+    O = 0.3 * rng.standard_normal((n, c))
+    df = get_datafit("log_loss")
+    results = []
+    for ns in (xp_ref, xp):
+        Xx = to_xp(ns, X)
+        if kind == "attention":
+            op = AttentionFactorOperator(Xx, to_xp(ns, side), to_xp(ns, inv_len))
+        else:
+            Mx = to_xp(ns, masks)
+            op = MixerFactorOperator(Xx, lambda a, b, Mx=Mx: Mx[a:b, ...], P,
+                                     to_xp(ns, inv_len))
+        D = op.pair_logits(to_xp(ns, A), to_xp(ns, B))
+        assert_in_namespace(D, ns)
+        Yx, wx = to_xp(ns, Y), to_xp(ns, w)
+        prior, _ = prior_and_start(df, Yx, wx, True)
+        T = wx[:, None] * (to_xp(ns, O) - Yx)
+        amax = float(np.max(np.linalg.svd(_explicit_blocks(op, T, P, a_shape, d, c),
+                                           compute_uv=False)))
+        value = _newton_dual(op, df, Yx, wx, prior, True, 0.5 * amax, to_xp(ns, O), steps=2)
+        results.append((to_host(D), value))
+    assert_close(results[1][0], results[0][0], what="pair_logits")
+    assert math.isclose(results[1][1], results[0][1], rel_tol=1e-9)
+
+
+def _explicit_blocks(op, T, P, a_shape, d, c):
+    """The gradient blocks of a factor operator through ``grad_b`` on a basis (host)."""
+    R = math.prod(a_shape)
+    ns = array_namespace(T)
+    eye = ns.reshape(ns.eye(R, dtype=T.dtype), (1, R) + a_shape)
+    G = op.grad_b(T, ns.broadcast_to(eye, (P, R) + a_shape))
+    return to_host(G).reshape(P, R, d * c)
