@@ -577,6 +577,10 @@ def _st_factor_forward(st, A, B):
     return to_numpy(st.op.forward(st.put(A), st.put(B)))
 
 
+def _st_pair_logits(st, A, B):
+    return to_numpy(st.op.pair_logits(st.put(A), st.put(B)))
+
+
 def _st_grad_a(st, T, B):
     return to_numpy(st.op.grad_a(st.put(T), st.put(B)))
 
@@ -713,7 +717,7 @@ class DaskLiftedOperator(_DaskOperatorBase):
 
 class DaskFactorOperator(_DaskOperatorBase):
     """The factor operator of a Dask ``X``: the interface of the operators of
-    :mod:`~skconvexattn._factored_ops` (``forward``, ``grad_a``, ``grad_b``,
+    :mod:`~skconvexattn._factored_ops` (``forward``, ``grad_a``, ``grad_b``, ``pair_logits``,
     ``value_and_grads``, ``P``, ``a_shape``, ``d``). ``value_and_grads`` is one fused pass:
     each worker returns its loss sum, its two gradient parts and its logits."""
 
@@ -725,6 +729,14 @@ class DaskFactorOperator(_DaskOperatorBase):
     def forward(self, A, B):
         parts = self.runner.gather(
             self._run(_st_factor_forward, "concat", shared=(np.asarray(A), np.asarray(B)))
+        )
+        return self._place(parts)
+
+    def pair_logits(self, A, B):
+        """The logits of every pair of a block's heads (the Newton dual point's
+        directions), ``(n, P, k, k, c)``: row results of every chunk."""
+        parts = self.runner.gather(
+            self._run(_st_pair_logits, "concat", shared=(np.asarray(A), np.asarray(B)))
         )
         return self._place(parts)
 

@@ -18,7 +18,7 @@ import numpy as np
 from ._backend import get_namespace, scalars, to_numpy
 from ._spectra import block_spectra, block_spectra_exact
 
-__all__ = ["NEWTON_MAX_EXCESS", "NEWTON_STEPS", "PROBE_MAX_SIDE", "PROBE_MIN_WORK"]
+__all__ = ["newton_window"]
 
 #: the dual probe runs after every accepted L-BFGS step of operators whose blocks hold
 #: ``P R L c min(R, L c)`` of at least PROBE_MIN_WORK (the flops of its Gram matrices):
@@ -103,6 +103,13 @@ NEWTON_MAX_EXCESS = 0.2
 #: the correction's directions (``m x n x c`` float64, twice) stay under this many bytes:
 #: fewer active pairs per block on many samples, none when not even one fits
 NEWTON_MAX_BYTES = 2**28
+
+
+def newton_window():
+    """``(steps, max_excess)``: Newton steps per certificate (0: off) and the largest
+    ``max_p ||Grad_p||_2 / alpha - 1`` at which they run (read at call time, so that the
+    module's constants can be changed)."""
+    return NEWTON_STEPS, NEWTON_MAX_EXCESS
 
 
 def _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O, *, steps=None,

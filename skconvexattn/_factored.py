@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from . import _dual_points
 from ._backend import get_namespace, scalars, to_numpy
-from ._dual_points import _DualProbe, _newton_dual
+from ._dual_points import _DualProbe, _newton_dual, newton_window
 from ._progress import make_reporter
 from ._solver import prior_and_start
 from ._spectra import block_spectra
@@ -514,7 +513,8 @@ def factored_solve(
     # outweighed the iterations they saved, 2.25 s for 369 iterations against 1.79 s for
     # 929 on 1,500 Fashion rows)
     formed = getattr(op, "gradient_blocks", None) is not None
-    newton = (_dual_points.NEWTON_STEPS > 0 and getattr(op, "pair_logits", None) is not None
+    newton_steps, newton_excess = newton_window()
+    newton = (newton_steps > 0 and getattr(op, "pair_logits", None) is not None
               and (probe is not None or not formed))
     fun = _Objective(op, datafit, Y, w, alpha, fit_intercept, keep_blocks=probe is not None)
     history = {"iteration": [], "objective": [], "dual_gap": [], "time": [], "rank": [],
@@ -566,7 +566,7 @@ def factored_solve(
         fval, dval = scalars(datafit.value(O, Y, w), datafit.dual_value(scale * theta, Y, w))
         nuc = factor_nuclear_norms(A, B).sum() if A.shape[1] > 0 else 0.0
         primal = fval + alpha * nuc
-        if (newton and alpha < spec <= (1.0 + _dual_points.NEWTON_MAX_EXCESS) * alpha
+        if (newton and alpha < spec <= (1.0 + newton_excess) * alpha
                 and primal - max(best_dual, dval) > tol * (null if tol_scale == "null" else abs(primal))):
             dval = max(dval, _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O,
                                             n_lanczos=n_lanczos, start=v_start))
