@@ -128,23 +128,13 @@ def test_newton_dual_on_matrix_free_products(monkeypatch):
     """On the matrix-free products the Newton-corrected dual point is a lower bound on the
     optimum and much closer to it than the scaled loss gradient, with spectra by Lanczos
     and through the formed blocks alike (the same value)."""
+    from test_lifted_factors import _stopped_early
+
     from skconvexattn._dual_points import _newton_dual
-    from skconvexattn._factored import factored_solve
     from skconvexattn._solver import prior_and_start
 
-    X, y = make_token_clusters(n_samples=70, random_state=5, return_X_y=True)
-    est = ConvexSelfAttentionClassifier(alpha_ratio=0.02, n_gates=2, solver="factored",
-                                        random_state=0)
-    st = est._setup(X, y, None, reset=True)
-    assert isinstance(st.op, AttentionFactorOperator)
-    alpha = 0.02 * st.alpha_max
-    monkeypatch.setattr(_dual_points, "NEWTON_STEPS", 0)
-    args = (st.op, st.datafit, st.Y, st.w, alpha)
-    loose = factored_solve(*args, tol=1e-3, tol_scale="objective", max_iter=3000, warn=False)
-    tight = factored_solve(*args, tol=1e-11, tol_scale="objective", max_iter=20000,
-                           warn=False)
-    assert loose.converged and tight.converged
-    O = st.op.forward(loose.A, loose.B) + loose.intercept[None, :]
+    st, alpha, O, loose, tight = _stopped_early(
+        "log_loss", True, monkeypatch, solver="factored", op_type=AttentionFactorOperator)
     prior, _ = prior_and_start(st.datafit, st.Y, st.w, True)
     call = (st.datafit, st.Y, st.w, prior, True, alpha, O)
     optimum = tight.objective

@@ -243,18 +243,19 @@ def test_dual_probe_only_stops_earlier(monkeypatch):
     assert with_probe.n_iter_ < without.n_iter_  # it did stop earlier here
 
 
-def _stopped_early(loss, fit_intercept, monkeypatch):
-    """A small lifted factored program stopped at a loose gap without Newton dual points
-    (its operator, data, logits and alpha), and its optimum (a tight fit)."""
+def _stopped_early(loss, fit_intercept, monkeypatch, solver="auto", op_type=LiftedFactorOperator):
+    """A small factored program (through the lifted features unless ``solver`` says
+    otherwise) stopped at a loose gap without Newton dual points (its operator, data,
+    logits and alpha), and its optimum (a tight fit)."""
     from skconvexattn import _dual_points
     from skconvexattn import ConvexSelfAttentionClassifier as Head
     from skconvexattn._factored import factored_solve
 
     X, y = _data(n=70, seed=5)
     est = Head(alpha_ratio=0.02, n_gates=2, loss=loss, fit_intercept=fit_intercept,
-               random_state=0)
+               random_state=0, solver=solver)
     st = est._setup(X, y, None, reset=True)
-    assert isinstance(st.op, LiftedFactorOperator)
+    assert isinstance(st.op, op_type)
     alpha = 0.02 * st.alpha_max
     monkeypatch.setattr(_dual_points, "NEWTON_STEPS", 0)
     args = (st.op, st.datafit, st.Y, st.w, alpha)
