@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ._backend import get_namespace, scalars, to_numpy
-from ._spectra import block_spectra, block_spectra_exact
+from ._spectra import block_spectra
 
 __all__ = ["newton_window"]
 
@@ -152,7 +152,6 @@ def _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O, *, steps=Non
     top = min(NEWTON_MAX_ACTIVE, int(math.isqrt(max(int(per_block), 0))), R, Lc)
     if steps <= 0:
         top = 0
-    formed = getattr(op, "gradient_blocks", None) is not None
     rng = np.random.default_rng(0)
 
     def evaluate(O_):
@@ -162,10 +161,7 @@ def _newton_dual(op, datafit, Y, w, prior, fit_intercept, alpha, O, *, steps=Non
         nonlocal start
         theta = datafit.dual_candidate(O_, Y64, w64, prior64, fit_intercept)
         T = xp.astype(w64[:, None] * theta, Y.dtype)
-        if formed:
-            S, U, Vt = block_spectra_exact(op.gradient_blocks(T), top)
-            U = None if U is None else xp.matrix_transpose(U)
-            return theta, float(S[:, 0].max()), S[:, :top], U, Vt
+        # exact where the operator forms its blocks, by Lanczos otherwise
         sig, u, v = block_spectra(op, T, n_steps=n_lanczos, start=start, rng=rng,
                                   n_pairs=max(top, 1))
         start = v[:, 0, ...]

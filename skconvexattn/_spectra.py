@@ -16,7 +16,7 @@ import numpy as np
 
 from ._backend import get_namespace, to_numpy
 
-__all__ = ["block_spectra", "block_spectra_exact"]
+__all__ = ["block_spectra"]
 
 # blocks whose smaller side has at most this many entries get their spectrum exactly (the
 # whole block through that many products); larger ones by Lanczos
@@ -250,26 +250,3 @@ def _pairs_out(xp, S, u, v, dtype, n_pairs):
     if n_pairs is None:
         S, u, v = S[:, 0], u[:, 0, ...], v[:, 0, ...]
     return np.ascontiguousarray(S), xp.astype(u, dtype), xp.astype(v, dtype)
-
-
-def block_spectra_exact(G, top):
-    """All singular values of every formed block ``G`` (``(P, R, L c)``, on the host,
-    float64) and the ``top`` leading singular pairs (``U`` ``(P, R, top)``, ``Vt``
-    ``(P, top, L c)``, in the namespace of ``G``), from the Gram matrix of the smaller
-    side."""
-    xp = get_namespace(G)
-    G = xp.astype(G, xp.float64)
-    P, R, Lc = G.shape
-    wide = Lc <= R
-    gram = (xp.matrix_transpose(G) @ G) if wide else (G @ xp.matrix_transpose(G))
-    lam, W = np.linalg.eigh(to_numpy(gram))
-    lam, W = lam[:, ::-1], W[:, :, ::-1]
-    S = np.sqrt(np.clip(lam, 0.0, None))
-    if top <= 0:
-        return S, None, None
-    Wt = xp.asarray(np.ascontiguousarray(W[:, :, :top]), dtype=xp.float64)
-    inv = xp.asarray(np.where(S[:, :top] > 0, 1.0 / np.where(S[:, :top] > 0, S[:, :top], 1.0),
-                              0.0), dtype=xp.float64)
-    if wide:  # W: right vectors
-        return S, (G @ Wt) * inv[:, None, :], xp.matrix_transpose(Wt)
-    return S, Wt, xp.matrix_transpose(xp.matrix_transpose(G) @ Wt) * inv[:, :, None]
